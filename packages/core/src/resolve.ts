@@ -1,0 +1,519 @@
+import { createHash, type Hash } from 'node:crypto'
+import { performance } from 'node:perf_hooks'
+import {
+  NarBackendError,
+  NarHashMismatchError,
+  NarNotFoundError,
+  NarraceError,
+  NarSizeMismatchError,
+  NarStallError,
+} from './errors.js'
+import { NarHash, encodeNix32, parseNarHash } from './hash.js'
+import type { NarBackend, NarEvent, NarSource, NarStream, ResolveNarOptions } from './types.js'
+
+export const DEFAULT_STALL_TIMEOUT_MS = 30_000
+
+/** A backend fails over at most this many times before it is left out of the race. */
+const MAX_STRIKES = 2
+
+interface Entry {
+  backend: NarBackend
+  name: string
+  strikes: number
+  dead: boolean
+}
+
+/** The source currently streaming. */
+interface Active {
+  entry: Entry
+  controller: AbortController
+  signal: AbortSignal
+  iterator: AsyncIterator<Uint8Array>
+  /** The first chunk, read during the race and not yet delivered. */
+  first: Uint8Array | undefined
+  size: number | undefined
+}
+
+/** Marks an abort that narrace itself caused, so it is never reported as a backend failure. */
+class LostRaceError extends NarraceError {
+  override name = 'LostRaceError'
+  override readonly code = 'NARRACE_ABORTED'
+}
+
+const noop = (): void => {}
+
+/**
+ * Waits for `promise`, but rejects with `signal.reason` on abort and with `onStall()` after `ms`.
+ * The promise's own rejection is always handled, so a dropped source never raises an unhandled rejection.
+ */
+function guard<T>(promise: Promise<T>, signal: AbortSignal, ms: number, onStall: () => Error): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    if (signal.aborted) {
+      promise.catch(noop)
+      reject(signal.reason)
+      return
+    }
+    const timer = Number.isFinite(ms) ? setTimeout(() => settle(reject, onStall()), Math.max(0, ms)) : undefined
+    const onAbort = (): void => settle(reject, signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    let settled = false
+    function settle<V>(fn: (v: V) => void, value: V): void {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      signal.removeEventListener('abort', onAbort)
+      fn(value)
+    }
+    promise.then(
+      (value) => settle(resolve, value),
+      (error: unknown) => settle(reject, error),
+    )
+  })
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return guard(new Promise<never>(noop), signal, ms, () => new Error('slept')).catch((error: unknown) => {
+    if (signal.aborted) throw error
+  })
+}
+
+function closeIterator(iterator: AsyncIterator<Uint8Array> | undefined): void {
+  if (!iterator?.return) return
+  try {
+    Promise.resolve(iterator.return()).catch(noop)
+  } catch {
+    // A backend whose return() throws has nothing more to release.
+  }
+}
+
+function toChunk(value: unknown, name: string): Uint8Array {
+  if (value instanceof Uint8Array) return value
+  throw new NarBackendError(`backend ${name} yielded ${typeof value}, not a Uint8Array`, { backend: name })
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error)
+}
+
+class Download {
+  readonly hash: NarHash
+  readonly entries: Entry[]
+  readonly signal: AbortSignal | undefined
+  readonly stallMs: number
+  readonly t0 = performance.now()
+  /** The FileSize from the narinfo, when given. */
+  readonly fileSize: number | undefined
+  expected: number | undefined
+  winner = ''
+  sources: string[] = []
+  bytesRead = 0
+  active: Active | undefined
+  hasher: Hash = createHash('sha256')
+  finished = false
+  private readonly options: ResolveNarOptions
+
+  constructor(hash: NarHash, options: ResolveNarOptions) {
+    this.hash = hash
+    this.options = options
+    this.signal = options.signal
+    this.stallMs = options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS
+    this.fileSize = options.size
+    this.expected = options.size
+    const backends: unknown[] = Array.isArray(options.backends) ? options.backends : []
+    this.entries = backends.map((backend, i) => {
+      const ok = typeof backend === 'object' && backend !== null && typeof (backend as NarBackend).fetch === 'function'
+      const name = ok && typeof (backend as NarBackend).name === 'string' ? (backend as NarBackend).name : `backend#${i}`
+      return { backend: backend as NarBackend, name, strikes: 0, dead: false }
+    })
+  }
+
+  emit(type: NarEvent['type'], backend: string, error?: unknown): void {
+    if (!this.options.onEvent) return
+    const event: NarEvent = { type, backend, ms: performance.now() - this.t0, bytes: this.bytesRead }
+    if (error !== undefined) event.error = error
+    try {
+      this.options.onEvent(event)
+    } catch {
+      // A listener's bug must not break the download it observes.
+    }
+  }
+
+  /** Records a failure; a source that has no copy, or lies, is out for good. */
+  strike(entry: Entry, error: unknown): void {
+    entry.strikes++
+    if (
+      error instanceof NarNotFoundError ||
+      error instanceof NarHashMismatchError ||
+      error instanceof NarSizeMismatchError ||
+      entry.strikes >= MAX_STRIKES
+    ) {
+      entry.dead = true
+    }
+    this.emit('fail', entry.name, error)
+  }
+
+  /** Starts `candidates` at `offset`; resolves with the first to yield a byte and aborts the rest. */
+  async race(candidates: Entry[], offset: number, hedged: boolean): Promise<Active> {
+    const failures = new Map<Entry, unknown>()
+    const state = { settled: false }
+    const attempts = candidates.map((entry) => {
+      const controller = new AbortController()
+      const signal = this.signal ? AbortSignal.any([this.signal, controller.signal]) : controller.signal
+      const started = { value: false }
+      const promise = this.attempt(entry, controller, signal, offset, hedged, state, started).catch((error: unknown) => {
+        if (!signal.aborted || !state.settled) {
+          if (!this.signal?.aborted) {
+            failures.set(entry, error)
+            this.strike(entry, error)
+          }
+        }
+        throw error
+      })
+      return { entry, controller, promise, started }
+    })
+    try {
+      const won = await Promise.any(attempts.map((a) => a.promise))
+      for (const a of attempts) {
+        if (a.entry === won.entry) continue
+        if (!a.controller.signal.aborted) {
+          a.controller.abort(new LostRaceError(`${a.entry.name} lost the race to ${won.entry.name}`))
+          if (a.started.value) this.emit('abort', a.entry.name)
+        }
+      }
+      return won
+    } catch (error) {
+      if (this.signal?.aborted) throw this.signal.reason
+      if (error instanceof AggregateError) {
+        const errors = candidates.map((c) => failures.get(c) ?? new NarBackendError(`${c.name} failed`))
+        const mismatch = errors.find((e) => e instanceof NarHashMismatchError)
+        if (mismatch && errors.every((e) => e instanceof NarHashMismatchError || e instanceof NarNotFoundError)) {
+          throw mismatch
+        }
+        const reasons = candidates.map((c, i) => `${c.name}: ${describe(errors[i])}`).join('; ')
+        throw new NarNotFoundError(
+          candidates.length === 0
+            ? `no backend left to fetch ${this.hash}`
+            : `no backend could deliver ${this.hash} from byte ${offset} (${reasons})`,
+          { errors },
+        )
+      }
+      throw error
+    }
+  }
+
+  private async attempt(
+    entry: Entry,
+    controller: AbortController,
+    signal: AbortSignal,
+    offset: number,
+    hedged: boolean,
+    state: { settled: boolean },
+    started: { value: boolean },
+  ): Promise<Active> {
+    const delay = hedged ? (this.options.hedge?.[entry.name] ?? 0) : 0
+    if (delay > 0) await sleep(delay, signal)
+    if (state.settled || signal.aborted) throw signal.reason ?? new LostRaceError('race already won')
+    if (typeof entry.backend?.fetch !== 'function') {
+      throw new NarBackendError(`backend ${entry.name} is missing or has no fetch()`, { backend: entry.name })
+    }
+    started.value = true
+    this.emit('start', entry.name)
+    const deadline = performance.now() + this.stallMs
+    const onStall = (): Error =>
+      new NarStallError(`${entry.name} sent no byte of ${this.hash} within ${this.stallMs} ms`, {
+        backend: entry.name,
+        timeoutMs: this.stallMs,
+      })
+    let iterator: AsyncIterator<Uint8Array> | undefined
+    try {
+      const request: Parameters<NarBackend['fetch']>[1] = { signal, offset }
+      if (this.fileSize !== undefined) request.size = this.fileSize
+      if (this.options.url !== undefined) request.url = this.options.url
+      const fetching = (async () => entry.backend.fetch(this.hash, request))()
+      const source = await guard(fetching, signal, deadline - performance.now(), onStall)
+      iterator = this.open(source, entry.name, offset)
+      let skip = offset - source.offset
+      for (;;) {
+        const step = await guard(iterator.next(), signal, deadline - performance.now(), onStall)
+        if (step.done) {
+          throw new NarBackendError(`${entry.name} ended without a byte at offset ${offset}`, { backend: entry.name })
+        }
+        let chunk = toChunk(step.value, entry.name)
+        if (skip > 0) {
+          // A source that ignored the offset: drop what the consumer already has.
+          const dropped = Math.min(skip, chunk.length)
+          chunk = chunk.subarray(dropped)
+          skip -= dropped
+        }
+        if (chunk.length === 0) continue
+        if (state.settled) throw new LostRaceError('race already won')
+        state.settled = true
+        this.emit('first-byte', entry.name)
+        return { entry, controller, signal, iterator, first: chunk, size: source.size }
+      }
+    } catch (error) {
+      closeIterator(iterator)
+      controller.abort(error)
+      throw error
+    }
+  }
+
+  /** Checks what a backend returned before trusting any of it. */
+  private open(source: NarSource, name: string, offset: number): AsyncIterator<Uint8Array> {
+    const junk = (why: string): never => {
+      throw new NarBackendError(`backend ${name} returned junk: ${why}`, { backend: name })
+    }
+    if (typeof source !== 'object' || source === null) junk('no source object')
+    const body = source.body as AsyncIterable<Uint8Array> | undefined
+    if (!body || typeof body[Symbol.asyncIterator] !== 'function') junk('body is not an AsyncIterable')
+    if (!Number.isSafeInteger(source.offset) || source.offset < 0 || source.offset > offset) {
+      junk(`offset ${String(source.offset)} for a request at ${offset}`)
+    }
+    if (source.size !== undefined) {
+      if (!Number.isSafeInteger(source.size) || source.size < 0) junk(`size ${String(source.size)}`)
+      if (this.expected !== undefined && source.size !== this.expected) {
+        throw new NarSizeMismatchError(
+          `${name} offers ${source.size} bytes of ${this.hash}, expected ${this.expected}`,
+          { expected: this.expected, actual: source.size },
+        )
+      }
+    }
+    return body![Symbol.asyncIterator]()
+  }
+
+  /** Runs the first race and makes its winner the active source. */
+  async start(): Promise<void> {
+    const active = await this.race(this.entries, 0, true)
+    this.active = active
+    this.winner = active.entry.name
+    this.expected ??= active.size
+    this.emit('win', active.entry.name)
+  }
+
+  /** Hands the stream to another source at `bytesRead`, or throws `cause` when none is left. */
+  private async failover(cause: unknown): Promise<void> {
+    const failed = this.active!
+    this.active = undefined
+    failed.controller.abort(cause)
+    closeIterator(failed.iterator)
+    this.strike(failed.entry, cause)
+    let candidates = this.entries.filter((e) => !e.dead && e !== failed.entry)
+    if (candidates.length === 0 && !failed.entry.dead) candidates = [failed.entry]
+    if (candidates.length === 0) throw cause
+    try {
+      this.active = await this.race(candidates, this.bytesRead, false)
+    } catch (error) {
+      if (this.signal?.aborted) throw this.signal.reason
+      throw cause
+    }
+    this.expected ??= this.active.size
+    this.emit('failover', this.active.entry.name)
+  }
+
+  /** The next verified-so-far chunk, or undefined at a verified end. Fails over on errors, stalls and short ends. */
+  async read(): Promise<Uint8Array | undefined> {
+    for (;;) {
+      const active = this.active
+      if (!active) throw new NarraceError('the stream is closed')
+      let chunk: Uint8Array
+      if (active.first) {
+        chunk = active.first
+        active.first = undefined
+      } else {
+        let step: IteratorResult<Uint8Array>
+        try {
+          step = await guard(active.iterator.next(), active.signal, this.stallMs, () => {
+            return new NarStallError(
+              `${active.entry.name} stalled for ${this.stallMs} ms at byte ${this.bytesRead} of ${this.hash}`,
+              { backend: active.entry.name, timeoutMs: this.stallMs },
+            )
+          })
+        } catch (error) {
+          if (this.signal?.aborted) throw this.signal.reason
+          if (this.active !== active) throw error
+          await this.failover(wrap(error, active.entry.name, this.bytesRead))
+          continue
+        }
+        if (step.done) {
+          if (this.expected !== undefined && this.bytesRead < this.expected) {
+            await this.failover(
+              new NarSizeMismatchError(
+                `${active.entry.name} ended at byte ${this.bytesRead} of ${this.expected} of ${this.hash}`,
+                { expected: this.expected, actual: this.bytesRead },
+              ),
+            )
+            continue
+          }
+          return this.finish()
+        }
+        try {
+          chunk = toChunk(step.value, active.entry.name)
+        } catch (error) {
+          await this.failover(error)
+          continue
+        }
+      }
+      if (chunk.length === 0) continue
+      if (this.expected !== undefined && this.bytesRead + chunk.length > this.expected) {
+        throw new NarSizeMismatchError(
+          `${active.entry.name} sent more than the ${this.expected} bytes of ${this.hash}`,
+          { expected: this.expected, actual: this.bytesRead + chunk.length },
+        )
+      }
+      if (this.sources.at(-1) !== active.entry.name && !this.sources.includes(active.entry.name)) {
+        this.sources.push(active.entry.name)
+      }
+      this.hasher.update(chunk)
+      this.bytesRead += chunk.length
+      return chunk
+    }
+  }
+
+  private finish(): undefined {
+    const actual = this.hasher.digest()
+    if (!actual.equals(this.hash.bytes)) {
+      throw new NarHashMismatchError(
+        `${this.hash} does not match the bytes received from ${this.sources.join(', ')} (sha256:${encodeNix32(actual)})`,
+        { expected: this.hash.toString(), actual: `sha256:${encodeNix32(actual)}`, sources: [...this.sources] },
+      )
+    }
+    this.finished = true
+    this.emit('done', this.active!.entry.name)
+    return undefined
+  }
+
+  /** Starts over from byte 0 after a failed verification, without the sources that delivered the bad copy. */
+  async restart(cause: unknown): Promise<void> {
+    const failed = this.active
+    this.active = undefined
+    if (failed) {
+      failed.controller.abort(cause)
+      closeIterator(failed.iterator)
+    }
+    for (const name of this.sources) {
+      const entry = this.entries.find((e) => e.name === name)
+      if (entry && !entry.dead) this.strike(entry, cause)
+    }
+    this.sources = []
+    this.bytesRead = 0
+    this.hasher = createHash('sha256')
+    this.expected = this.fileSize
+    const candidates = this.entries.filter((e) => !e.dead)
+    try {
+      this.active = await this.race(candidates, 0, false)
+    } catch (error) {
+      if (this.signal?.aborted) throw this.signal.reason
+      if (error instanceof NarNotFoundError && cause instanceof NarraceError) throw cause
+      throw error
+    }
+    this.winner = this.active.entry.name
+    this.expected ??= this.active.size
+    this.emit('failover', this.active.entry.name)
+  }
+
+  /** Cancels whatever is still running. Safe to call more than once. */
+  close(reason?: unknown): void {
+    const active = this.active
+    this.active = undefined
+    if (!active) return
+    if (!this.finished) {
+      active.controller.abort(reason ?? new LostRaceError('the consumer stopped reading'))
+      this.emit('abort', active.entry.name)
+    }
+    closeIterator(active.iterator)
+  }
+}
+
+function wrap(error: unknown, name: string, at: number): unknown {
+  if (error instanceof NarraceError) return error
+  return new NarBackendError(`${name} failed at byte ${at}: ${describe(error)}`, { backend: name, cause: error })
+}
+
+class Stream implements NarStream {
+  private consumed = false
+  constructor(
+    private readonly download: Download,
+    private readonly buffered: Uint8Array[] | undefined,
+  ) {}
+
+  get hash(): NarHash {
+    return this.download.hash
+  }
+  get winner(): string {
+    return this.download.winner
+  }
+  get size(): number | undefined {
+    return this.download.expected
+  }
+  get bytesRead(): number {
+    return this.download.bytesRead
+  }
+  get sources(): readonly string[] {
+    return this.download.sources
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+    if (this.consumed) throw new NarraceError(`the stream of ${this.download.hash} can be iterated only once`)
+    this.consumed = true
+    const download = this.download
+    const buffered = this.buffered
+    let done = false
+    const end = (): IteratorResult<Uint8Array> => {
+      done = true
+      download.close()
+      return { done: true, value: undefined }
+    }
+    return {
+      async next(): Promise<IteratorResult<Uint8Array>> {
+        if (done) return { done: true, value: undefined }
+        if (buffered) {
+          const chunk = buffered.shift()
+          return chunk ? { done: false, value: chunk } : end()
+        }
+        try {
+          const chunk = await download.read()
+          return chunk ? { done: false, value: chunk } : end()
+        } catch (error) {
+          done = true
+          download.close(error)
+          throw error
+        }
+      },
+      async return(): Promise<IteratorResult<Uint8Array>> {
+        return end()
+      },
+    }
+  }
+}
+
+/**
+ * Races every backend for the file with this FileHash, and streams from the first to yield a byte.
+ * Every byte is hashed; the stream ends normally only when the SHA-256 matches.
+ */
+export async function resolveNar(hash: string | NarHash, options: ResolveNarOptions): Promise<NarStream> {
+  const narHash = parseNarHash(hash)
+  if (options.signal?.aborted) throw options.signal.reason
+  const download = new Download(narHash, options)
+  const verifyFirstBelow = options.verifyFirstBelow ?? 0
+  try {
+    await download.start()
+    if (download.expected === undefined || download.expected > verifyFirstBelow) {
+      return new Stream(download, undefined)
+    }
+    for (;;) {
+      const chunks: Uint8Array[] = []
+      try {
+        for (let chunk = await download.read(); chunk; chunk = await download.read()) chunks.push(chunk)
+        download.close()
+        return new Stream(download, chunks)
+      } catch (error) {
+        if (options.signal?.aborted) throw options.signal.reason
+        if (!(error instanceof NarHashMismatchError || error instanceof NarSizeMismatchError)) throw error
+        await download.restart(error)
+      }
+    }
+  } catch (error) {
+    download.close(error)
+    throw error
+  }
+}

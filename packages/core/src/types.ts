@@ -1,0 +1,71 @@
+import type { NarHash } from './hash.js'
+
+/** What `resolveNar` passes to a backend. */
+export interface NarFetchOptions {
+  /** Fires when the backend lost the race, the consumer went away or the caller aborted. */
+  signal: AbortSignal
+  /** Where to start: a backend that can, starts here and reports it in `NarSource.offset`. */
+  offset?: number
+  /** The narinfo FileSize, when known. */
+  size?: number
+  /** The narinfo URL (`nar/<nix32>.nar.xz`), relative to a binary cache. */
+  url?: string
+}
+
+/** One source of a file's bytes. Backends map the FileHash to their own address. */
+export interface NarBackend {
+  readonly name: string
+  /** Resolves once the source is ready to stream; rejects with NarNotFoundError when it has no copy. */
+  fetch(hash: NarHash, options: NarFetchOptions): Promise<NarSource>
+  close?(): Promise<void>
+}
+
+export interface NarSource {
+  body: AsyncIterable<Uint8Array>
+  /** The offset the body starts at: the requested one if honoured, 0 if ignored. */
+  offset: number
+  /** The size of the whole file, when the source knows it. */
+  size?: number
+}
+
+export type NarEventType = 'start' | 'first-byte' | 'win' | 'abort' | 'fail' | 'failover' | 'done'
+
+export interface NarEvent {
+  type: NarEventType
+  backend: string
+  /** Milliseconds since the call to resolveNar. */
+  ms: number
+  /** Bytes delivered to the consumer so far. */
+  bytes: number
+  /** With `fail`: why that backend failed. */
+  error?: unknown
+}
+
+export interface ResolveNarOptions {
+  backends: NarBackend[]
+  signal?: AbortSignal
+  /** The narinfo FileSize: more or fewer bytes than this fail. */
+  size?: number
+  /** The narinfo URL, passed to every backend. */
+  url?: string
+  /** A source that yields no byte for this long is dropped and the next takes over. @default 30000 */
+  stallTimeoutMs?: number
+  /** Per-backend start delay in ms, by backend name. @default {} */
+  hedge?: Record<string, number>
+  /** Files of at most this many bytes are verified whole before the first byte is yielded. @default 0 */
+  verifyFirstBelow?: number
+  onEvent?: (event: NarEvent) => void
+}
+
+/** The verified stream of one file. Iterate it once; leaving the loop early cancels every source. */
+export interface NarStream extends AsyncIterable<Uint8Array> {
+  readonly hash: NarHash
+  /** The backend that delivered the first byte. */
+  readonly winner: string
+  /** The expected size: the narinfo FileSize, or what the winner announced. */
+  readonly size: number | undefined
+  /** Bytes delivered to the consumer so far. */
+  readonly bytesRead: number
+  /** Every backend that delivered bytes, in order. */
+  readonly sources: readonly string[]
+}
