@@ -136,19 +136,18 @@ export function parseNarHash(input: string | NarHash): NarHash {
     }
     return new NarHash(decodeNix32(digest))
   }
-  if (text.includes('/')) {
-    throw new InvalidNarHashError(`'${input}' is neither a hash nor a NAR URL ending in nar/<nix32>.nar[.xz|.zst|.bz2|.lz4|.br]`)
-  }
-
-  const sri = /^([a-z0-9]+)-(.*)$/.exec(text)
+  const sri = /^([a-z0-9]+)-([A-Za-z0-9+/=]*)$/.exec(text)
   if (sri) {
     checkAlgorithm(sri[1]!, input)
     return new NarHash(fromBase64(sri[2]!, input))
   }
-  const prefixed = /^([a-z0-9]+):(.*)$/.exec(text)
+  const prefixed = /^([a-z0-9]+):([A-Za-z0-9+/=]*)$/.exec(text)
   if (prefixed) {
     checkAlgorithm(prefixed[1]!, input)
     return new NarHash(fromDigest(prefixed[2]!, input))
+  }
+  if (text.includes('/')) {
+    throw new InvalidNarHashError(`'${input}' is neither a hash nor a NAR URL ending in nar/<nix32>.nar[.xz|.zst|.bz2|.lz4|.br]`)
   }
   if (text.length === NIX32_LENGTH || text.length === HEX_LENGTH) return new NarHash(fromDigest(text, input))
   throw new InvalidNarHashError(

@@ -1,0 +1,97 @@
+import { createHash, randomBytes } from 'node:crypto'
+import { setTimeout as delay } from 'node:timers/promises'
+import { NarBackendError, NarNotFoundError, parseNarHash, type NarBackend, type NarHash, type NarSource } from '../src/index.js'
+
+/** A scripted in-memory backend: a test double of the NarBackend interface. */
+export interface ScriptedOptions {
+  /** Delay before fetch() resolves. */
+  latencyMs?: number
+  /** Delay before each chunk. */
+  chunkDelayMs?: number
+  chunkSize?: number
+  /** Resolve fetch() with NarNotFoundError. */
+  missing?: boolean
+  /** Reject fetch() with this error. */
+  fail?: Error
+  /** Throw mid-stream once this many bytes of the body were yielded. */
+  failAt?: number
+  /** Stop yielding (hang until aborted) at this byte. */
+  stallAt?: number
+  /** End cleanly at this byte. */
+  truncateAt?: number
+  /** Flip the byte at this position. */
+  corruptAt?: number
+  /** Answer from 0 whatever the requested offset is. */
+  ignoreOffset?: boolean
+  /** The size announced in NarSource.size. */
+  announceSize?: number
+}
+
+export interface Scripted extends NarBackend {
+  calls: { offset: number; signal: AbortSignal }[]
+  /** How many bodies were closed (return() or abort) before their end. */
+  closed: number
+  /** How many fetch signals fired. */
+  aborted: number
+  /** Bytes yielded over all calls. */
+  yielded: number
+}
+
+export function scripted(name: string, data: Uint8Array, o: ScriptedOptions = {}): Scripted {
+  const backend: Scripted = {
+    name,
+    calls: [],
+    closed: 0,
+    aborted: 0,
+    yielded: 0,
+    async fetch(_hash: NarHash, options): Promise<NarSource> {
+      const { signal } = options
+      backend.calls.push({ offset: options.offset ?? 0, signal })
+      signal.addEventListener('abort', () => backend.aborted++, { once: true })
+      if (o.latencyMs) await delay(o.latencyMs, undefined, { signal })
+      if (o.missing) throw new NarNotFoundError(`${name} has no copy`)
+      if (o.fail) throw o.fail
+      const offset = o.ignoreOffset ? 0 : (options.offset ?? 0)
+      const bytes = Uint8Array.from(data)
+      if (o.corruptAt !== undefined) bytes[o.corruptAt]! ^= 0xff
+      const chunkSize = o.chunkSize ?? 1024
+      async function* body(): AsyncGenerator<Uint8Array> {
+        let finished = false
+        try {
+          for (let at = offset; at < bytes.length; ) {
+            if (o.chunkDelayMs) await delay(o.chunkDelayMs, undefined, { signal })
+            if (o.truncateAt !== undefined && at >= o.truncateAt) break
+            if (o.failAt !== undefined && at >= o.failAt) throw new NarBackendError(`${name} connection reset`)
+            if (o.stallAt !== undefined && at >= o.stallAt) await delay(3_600_000, undefined, { signal })
+            let end = Math.min(at + chunkSize, bytes.length)
+            for (const limit of [o.failAt, o.stallAt, o.truncateAt]) {
+              if (limit !== undefined && at < limit) end = Math.min(end, limit)
+            }
+            const chunk = bytes.subarray(at, end)
+            at = end
+            backend.yielded += chunk.length
+            yield chunk
+          }
+          finished = true
+        } finally {
+          if (!finished) backend.closed++
+        }
+      }
+      const source: NarSource = { body: body(), offset }
+      if (o.announceSize !== undefined) source.size = o.announceSize
+      return source
+    },
+  }
+  return backend
+}
+
+export function sample(size: number): { data: Uint8Array; hash: NarHash } {
+  const data = new Uint8Array(randomBytes(size))
+  return { data, hash: parseNarHash(`sha256:${createHash('sha256').update(data).digest('hex')}`) }
+}
+
+export async function collect(stream: AsyncIterable<Uint8Array>): Promise<Buffer> {
+  const parts: Uint8Array[] = []
+  for await (const chunk of stream) parts.push(chunk)
+  return Buffer.concat(parts)
+}

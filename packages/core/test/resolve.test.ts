@@ -1,0 +1,387 @@
+import { setTimeout as delay } from 'node:timers/promises'
+import { describe, expect, it } from 'vitest'
+import {
+  NarBackendError,
+  NarHashMismatchError,
+  NarNotFoundError,
+  NarSizeMismatchError,
+  NarStallError,
+  resolveNar,
+  type NarBackend,
+  type NarEvent,
+} from '../src/index.js'
+import { collect, sample, scripted } from './backends.js'
+
+const { data, hash } = sample(64 * 1024)
+
+function timers(): number {
+  return process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length
+}
+
+describe('resolveNar: the race', () => {
+  it('picks the first backend to yield a byte, not the first fetch() to resolve', async () => {
+    const quickFetchSlowByte = scripted('quick-fetch', data, { chunkDelayMs: 200 })
+    const slowFetchQuickByte = scripted('quick-byte', data, { latencyMs: 30 })
+    const stream = await resolveNar(hash, { backends: [quickFetchSlowByte, slowFetchQuickByte] })
+    expect(stream.winner).toBe('quick-byte')
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(stream.sources).toEqual(['quick-byte'])
+    expect(stream.bytesRead).toBe(data.length)
+  })
+
+  it('aborts the losers at the moment of the win and closes their bodies', async () => {
+    const winner = scripted('winner', data, { chunkDelayMs: 1 })
+    const slowStart = scripted('slow-start', data, { latencyMs: 500 })
+    const slowBody = scripted('slow-body', data, { chunkDelayMs: 300 })
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [slowStart, winner, slowBody],
+      onEvent: (e) => events.push(e),
+    })
+    expect(slowStart.calls[0]!.signal.aborted).toBe(true)
+    expect(slowBody.calls[0]!.signal.aborted).toBe(true)
+    expect(winner.calls[0]!.signal.aborted).toBe(false)
+    await collect(stream)
+    expect(winner.calls[0]!.signal.aborted).toBe(false)
+    const types = events.map((e) => `${e.type}:${e.backend}`)
+    expect(types.slice(0, 3).sort()).toEqual(['start:slow-body', 'start:slow-start', 'start:winner'])
+    expect(types).toContain('first-byte:winner')
+    expect(types).toContain('win:winner')
+    expect(types).toContain('abort:slow-start')
+    expect(types).toContain('abort:slow-body')
+    expect(types.at(-1)).toBe('done:winner')
+    expect(events.at(-1)!.bytes).toBe(data.length)
+    for (const e of events) expect(e.ms).toBeGreaterThanOrEqual(0)
+  })
+
+  it('resolves at the first byte, before the body is read', async () => {
+    const slow = scripted('slow', data, { chunkDelayMs: 5, chunkSize: 4096 })
+    const stream = await resolveNar(hash, { backends: [slow] })
+    expect(slow.yielded).toBeLessThan(data.length)
+    expect(stream.bytesRead).toBe(0)
+    await collect(stream)
+  })
+
+  it('accepts the hash in any form Nix writes it', async () => {
+    const stream = await resolveNar(hash.sri, { backends: [scripted('a', data)] })
+    expect(stream.hash.equals(hash)).toBe(true)
+    await collect(stream)
+  })
+
+  it('delays a backend by its hedge, and never starts it when the race is already won', async () => {
+    const primary = scripted('primary', data, { latencyMs: 20 })
+    const hedged = scripted('hedged', data)
+    const stream = await resolveNar(hash, { backends: [primary, hedged], hedge: { hedged: 300 } })
+    expect(stream.winner).toBe('primary')
+    await collect(stream)
+    expect(hedged.calls).toHaveLength(0)
+  })
+
+  it('starts a hedged backend once its delay is over', async () => {
+    const dead = scripted('dead', data, { missing: true })
+    const hedged = scripted('hedged', data)
+    const stream = await resolveNar(hash, { backends: [dead, hedged], hedge: { hedged: 30 } })
+    expect(stream.winner).toBe('hedged')
+    await collect(stream)
+  })
+
+  it('rejects with NarNotFoundError listing every backend error when none has the file', async () => {
+    const reset = new NarBackendError('connection refused')
+    const backends = [scripted('a', data, { missing: true }), scripted('b', data, { fail: reset })]
+    const error = await resolveNar(hash, { backends }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarNotFoundError)
+    expect(error).toMatchObject({ code: 'NARRACE_NOT_FOUND', name: 'NarNotFoundError' })
+    const errors = (error as NarNotFoundError).errors
+    expect(errors).toHaveLength(2)
+    expect(errors[0]).toBeInstanceOf(NarNotFoundError)
+    expect(errors[1]).toBe(reset)
+    expect((error as Error).message).toMatch(/a: a has no copy; b: connection refused/)
+  })
+
+  it('rejects with NarNotFoundError when there is no backend at all', async () => {
+    await expect(resolveNar(hash, { backends: [] })).rejects.toBeInstanceOf(NarNotFoundError)
+  })
+
+  it('counts a backend that throws, returns junk or is absent as failed, without crashing the race', async () => {
+    const throwsSync: NarBackend = {
+      name: 'throws',
+      fetch() {
+        throw new Error('boom')
+      },
+    }
+    const junk: NarBackend = { name: 'junk', fetch: async () => ({}) as never }
+    const badChunks: NarBackend = {
+      name: 'bad-chunks',
+      fetch: async () => ({
+        offset: 0,
+        body: (async function* () {
+          yield 'text' as unknown as Uint8Array
+        })(),
+      }),
+    }
+    const badOffset: NarBackend = { name: 'bad-offset', fetch: async () => ({ offset: 7, body: [] as never }) }
+    const good = scripted('good', data, { latencyMs: 20 })
+    const backends = [throwsSync, junk, badChunks, badOffset, undefined as unknown as NarBackend, good]
+    const stream = await resolveNar(hash, { backends })
+    expect(stream.winner).toBe('good')
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+
+    const error = await resolveNar(hash, { backends: backends.slice(0, 5) }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarNotFoundError)
+    expect((error as NarNotFoundError).errors).toHaveLength(5)
+    expect((error as Error).message).toMatch(/junk: backend junk returned junk/)
+  })
+
+  it('drops a backend whose announced size disagrees with the narinfo FileSize', async () => {
+    const liar = scripted('liar', data, { announceSize: data.length + 1 })
+    const honest = scripted('honest', data, { latencyMs: 20, announceSize: data.length })
+    const stream = await resolveNar(hash, { backends: [liar, honest], size: data.length })
+    expect(stream.winner).toBe('honest')
+    await collect(stream)
+  })
+
+  it('passes size and url to every backend', async () => {
+    const seen: unknown[] = []
+    const backend: NarBackend = {
+      name: 'spy',
+      async fetch(_h, options) {
+        seen.push({ size: options.size, url: options.url, offset: options.offset })
+        return scripted('inner', data).fetch(hash, options)
+      },
+    }
+    await collect(await resolveNar(hash, { backends: [backend], size: data.length, url: 'nar/x.nar.xz' }))
+    expect(seen).toEqual([{ size: data.length, url: 'nar/x.nar.xz', offset: 0 }])
+  })
+})
+
+describe('resolveNar: verification', () => {
+  it('throws NarHashMismatchError at the end of corrupt bytes, never ending normally', async () => {
+    const stream = await resolveNar(hash, { backends: [scripted('bad', data, { corruptAt: 1000 })] })
+    const error = await collect(stream).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarHashMismatchError)
+    expect(error).toMatchObject({
+      code: 'NARRACE_HASH_MISMATCH',
+      expected: hash.toString(),
+      sources: ['bad'],
+    })
+    expect((error as NarHashMismatchError).actual).toMatch(/^sha256:[0-9a-z]{52}$/)
+    expect((error as NarHashMismatchError).actual).not.toBe(hash.toString())
+  })
+
+  it('throws NarSizeMismatchError at once on a byte past the FileSize', async () => {
+    const stream = await resolveNar(hash, { backends: [scripted('long', data)], size: data.length - 10 })
+    const error = await collect(stream).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarSizeMismatchError)
+    expect(error).toMatchObject({ code: 'NARRACE_SIZE_MISMATCH', expected: data.length - 10 })
+  })
+
+  it('throws NarSizeMismatchError on a short end with no other source to take over', async () => {
+    const stream = await resolveNar(hash, {
+      backends: [scripted('short', data, { truncateAt: 5000 })],
+      size: data.length,
+    })
+    const error = await collect(stream).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarSizeMismatchError)
+    expect(error).toMatchObject({ expected: data.length, actual: 5000 })
+  })
+
+  it('without a FileSize, a truncated body fails the hash check', async () => {
+    const stream = await resolveNar(hash, { backends: [scripted('short', data, { truncateAt: 5000 })] })
+    await expect(collect(stream)).rejects.toBeInstanceOf(NarHashMismatchError)
+  })
+})
+
+describe('resolveNar: fail-over', () => {
+  it('continues from bytesRead on a source that honours the offset', async () => {
+    const dies = scripted('dies', data, { failAt: 30_000 })
+    const backup = scripted('backup', data, { latencyMs: 50 })
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, { backends: [dies, backup], onEvent: (e) => events.push(e) })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(stream.winner).toBe('dies')
+    expect(stream.sources).toEqual(['dies', 'backup'])
+    expect(backup.calls.at(-1)!.offset).toBe(30_000)
+    expect(backup.yielded).toBe(data.length - 30_000)
+    const failover = events.find((e) => e.type === 'failover')
+    expect(failover).toMatchObject({ backend: 'backup', bytes: 30_000 })
+    expect(events.find((e) => e.type === 'fail' && e.backend === 'dies')?.error).toBeInstanceOf(NarBackendError)
+  })
+
+  it('skips the bytes already delivered on a source that answers from 0', async () => {
+    const dies = scripted('dies', data, { failAt: 30_000 })
+    const fromZero = scripted('from-zero', data, { latencyMs: 50, ignoreOffset: true })
+    const stream = await resolveNar(hash, { backends: [dies, fromZero], size: data.length })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(fromZero.calls.at(-1)!.offset).toBe(30_000)
+    expect(fromZero.yielded).toBe(data.length)
+  })
+
+  it('fails over after a stall of stallTimeoutMs', async () => {
+    const stalls = scripted('stalls', data, { stallAt: 20_000 })
+    const backup = scripted('backup', data, { latencyMs: 50 })
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [stalls, backup],
+      stallTimeoutMs: 100,
+      onEvent: (e) => events.push(e),
+    })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(backup.calls.at(-1)!.offset).toBe(20_000)
+    expect(stalls.calls[0]!.signal.aborted).toBe(true)
+    expect(events.find((e) => e.type === 'fail' && e.backend === 'stalls')?.error).toBeInstanceOf(NarStallError)
+  })
+
+  it('treats a source that sends no byte within stallTimeoutMs as failed', async () => {
+    const silent = scripted('silent', data, { stallAt: 0 })
+    const error = await resolveNar(hash, { backends: [silent], stallTimeoutMs: 50 }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarNotFoundError)
+    expect((error as NarNotFoundError).errors[0]).toBeInstanceOf(NarStallError)
+  })
+
+  it('resumes a short end from another source', async () => {
+    const short = scripted('short', data, { truncateAt: 10_000 })
+    const backup = scripted('backup', data, { latencyMs: 50 })
+    const stream = await resolveNar(hash, { backends: [short, backup], size: data.length })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(backup.calls.at(-1)!.offset).toBe(10_000)
+  })
+
+  it('retries the same source once from bytesRead when it is the only one', async () => {
+    let calls = 0
+    const flaky: NarBackend = {
+      name: 'flaky',
+      fetch(h, options) {
+        calls++
+        return scripted('flaky', data, calls === 1 ? { failAt: 8192 } : {}).fetch(h, options)
+      },
+    }
+    const stream = await resolveNar(hash, { backends: [flaky] })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(calls).toBe(2)
+  })
+
+  it('throws the cause when no source is left', async () => {
+    const stream = await resolveNar(hash, { backends: [scripted('stalls', data, { stallAt: 8192 })], stallTimeoutMs: 50 })
+    await expect(collect(stream)).rejects.toBeInstanceOf(NarStallError)
+  })
+})
+
+describe('resolveNar: verify first', () => {
+  it('falls over invisibly from a corrupt copy and resolves only with a verified one', async () => {
+    const corrupt = scripted('corrupt', data, { corruptAt: 10 })
+    const good = scripted('good', data, { latencyMs: 50 })
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [corrupt, good],
+      size: data.length,
+      verifyFirstBelow: 1024 * 1024,
+      onEvent: (e) => events.push(e),
+    })
+    expect(stream.winner).toBe('good')
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(events.some((e) => e.type === 'fail' && e.error instanceof NarHashMismatchError)).toBe(true)
+  })
+
+  it('uses the size the winner announces when the FileSize is unknown', async () => {
+    const corrupt = scripted('corrupt', data, { corruptAt: 10, announceSize: data.length })
+    const good = scripted('good', data, { latencyMs: 50 })
+    const stream = await resolveNar(hash, { backends: [corrupt, good], verifyFirstBelow: 1024 * 1024 })
+    expect(stream.winner).toBe('good')
+    await collect(stream)
+  })
+
+  it('rejects with NarHashMismatchError when every source fails verification', async () => {
+    const backends = [scripted('a', data, { corruptAt: 1 }), scripted('b', data, { corruptAt: 2, latencyMs: 20 })]
+    await expect(
+      resolveNar(hash, { backends, size: data.length, verifyFirstBelow: data.length }),
+    ).rejects.toBeInstanceOf(NarHashMismatchError)
+  })
+
+  it('streams larger files without waiting for the end', async () => {
+    const slow = scripted('slow', data, { chunkDelayMs: 5, chunkSize: 4096 })
+    const stream = await resolveNar(hash, { backends: [slow], size: data.length, verifyFirstBelow: data.length - 1 })
+    expect(slow.yielded).toBeLessThan(data.length)
+    await collect(stream)
+  })
+})
+
+describe('resolveNar: cancellation', () => {
+  it('cancels every backend when the consumer leaves the loop early', async () => {
+    const a = scripted('a', data, { chunkDelayMs: 2 })
+    const b = scripted('b', data, { chunkDelayMs: 50 })
+    const before = timers()
+    const stream = await resolveNar(hash, { backends: [a, b] })
+    for await (const chunk of stream) {
+      expect(chunk.length).toBeGreaterThan(0)
+      break
+    }
+    expect(a.calls[0]!.signal.aborted).toBe(true)
+    expect(b.calls[0]!.signal.aborted).toBe(true)
+    await delay(10)
+    expect(a.closed + b.closed).toBe(2)
+    expect(timers()).toBe(before)
+  })
+
+  it('rejects with signal.reason on an abort mid-stream and leaves no handle behind', async () => {
+    const before = process.getActiveResourcesInfo().length
+    const controller = new AbortController()
+    const a = scripted('a', data, { chunkDelayMs: 5, chunkSize: 1024 })
+    const b = scripted('b', data, { stallAt: 0 })
+    const stream = await resolveNar(hash, { backends: [a, b], signal: controller.signal, stallTimeoutMs: 10_000 })
+    const reason = new Error('user went away')
+    const read = (async () => {
+      for await (const _ of stream) {
+        if (stream.bytesRead >= 8192) controller.abort(reason)
+      }
+    })()
+    await expect(read).rejects.toBe(reason)
+    expect(a.calls[0]!.signal.aborted).toBe(true)
+    await delay(20)
+    expect(a.closed).toBe(1)
+    expect(process.getActiveResourcesInfo().length).toBe(before)
+  })
+
+  it('rejects with signal.reason when aborted during the race', async () => {
+    const controller = new AbortController()
+    const slow = scripted('slow', data, { latencyMs: 1000 })
+    const pending = resolveNar(hash, { backends: [slow], signal: controller.signal })
+    const reason = new Error('stop')
+    setTimeout(() => controller.abort(reason), 20)
+    await expect(pending).rejects.toBe(reason)
+    expect(slow.calls[0]!.signal.aborted).toBe(true)
+  })
+
+  it('rejects at once with an already aborted signal', async () => {
+    const reason = new Error('already')
+    const backend = scripted('a', data)
+    await expect(resolveNar(hash, { backends: [backend], signal: AbortSignal.abort(reason) })).rejects.toBe(reason)
+    expect(backend.calls).toHaveLength(0)
+  })
+
+  it('leaves no timers behind after a race with stall timers and hedges', async () => {
+    const before = timers()
+    const stream = await resolveNar(hash, {
+      backends: [scripted('a', data), scripted('b', data, { latencyMs: 100 }), scripted('c', data)],
+      hedge: { c: 500 },
+      stallTimeoutMs: 5000,
+    })
+    await collect(stream)
+    await delay(5)
+    expect(timers()).toBe(before)
+  })
+
+  it('raises no unhandled rejection when losers fail after the win', async () => {
+    const unhandled: unknown[] = []
+    const onUnhandled = (e: unknown): void => void unhandled.push(e)
+    process.on('unhandledRejection', onUnhandled)
+    try {
+      const late = scripted('late', data, { latencyMs: 30, fail: new Error('late failure') })
+      const stream = await resolveNar(hash, { backends: [scripted('a', data), late] })
+      await collect(stream)
+      await delay(60)
+      expect(unhandled).toEqual([])
+    } finally {
+      process.off('unhandledRejection', onUnhandled)
+    }
+  })
+})
