@@ -71,9 +71,11 @@ function guard<T>(promise: Promise<T>, signal: AbortSignal, ms: number, onStall:
   })
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return guard(new Promise<never>(noop), signal, ms, () => new Error('slept')).catch((error: unknown) => {
-    if (signal.aborted) throw error
+/** Waits `ms`, or less once `wake` fires; rejects when `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal, wake: AbortSignal): Promise<void> {
+  const either = AbortSignal.any([signal, wake])
+  return guard(new Promise<never>(noop), either, ms, () => new Error('slept')).catch(() => {
+    if (signal.aborted) throw signal.reason
   })
 }
 
@@ -155,12 +157,14 @@ class Download {
   /** Starts `candidates` at `offset`; resolves with the first to yield a byte and aborts the rest. */
   async race(candidates: Entry[], offset: number, hedged: boolean): Promise<Active> {
     const failures = new Map<Entry, unknown>()
-    const state = { settled: false }
+    // `running` counts started attempts; when all have failed, hedged ones stop waiting.
+    const state = { settled: false, running: 0, wake: new AbortController() }
     const attempts = candidates.map((entry) => {
       const controller = new AbortController()
       const signal = this.signal ? AbortSignal.any([this.signal, controller.signal]) : controller.signal
       const started = { value: false }
       const promise = this.attempt(entry, controller, signal, offset, hedged, state, started).catch((error: unknown) => {
+        if (started.value && --state.running === 0 && !state.settled) state.wake.abort()
         if (!signal.aborted || !state.settled) {
           if (!this.signal?.aborted) {
             failures.set(entry, error)
@@ -207,16 +211,17 @@ class Download {
     signal: AbortSignal,
     offset: number,
     hedged: boolean,
-    state: { settled: boolean },
+    state: { settled: boolean; running: number; wake: AbortController },
     started: { value: boolean },
   ): Promise<Active> {
     const delay = hedged ? (this.options.hedge?.[entry.name] ?? 0) : 0
-    if (delay > 0) await sleep(delay, signal)
+    if (delay > 0) await sleep(delay, signal, state.wake.signal)
     if (state.settled || signal.aborted) throw signal.reason ?? new LostRaceError('race already won')
+    started.value = true
+    state.running++
     if (typeof entry.backend?.fetch !== 'function') {
       throw new NarBackendError(`backend ${entry.name} is missing or has no fetch()`, { backend: entry.name })
     }
-    started.value = true
     this.emit('start', entry.name)
     const deadline = performance.now() + this.stallMs
     const onStall = (): Error =>

@@ -85,6 +85,16 @@ describe('resolveNar: the race', () => {
     await collect(stream)
   })
 
+  it('ends a hedge delay early once every started backend has failed', async () => {
+    const dead = scripted('dead', data, { fail: new NarBackendError('refused') })
+    const hedged = scripted('hedged', data)
+    const started = Date.now()
+    const stream = await resolveNar(hash, { backends: [dead, hedged], hedge: { hedged: 5000 } })
+    expect(stream.winner).toBe('hedged')
+    expect(Date.now() - started).toBeLessThan(2500)
+    await collect(stream)
+  })
+
   it('rejects with NarNotFoundError listing every backend error when none has the file', async () => {
     const reset = new NarBackendError('connection refused')
     const backends = [scripted('a', data, { missing: true }), scripted('b', data, { fail: reset })]

@@ -1,0 +1,169 @@
+import {
+  NarBackendError,
+  NarSizeMismatchError,
+  type NarBackend,
+  type NarFetchOptions,
+  type NarHash,
+  type NarSource,
+} from '@narrace/core'
+import type { Readable } from 'node:stream'
+import { Agent, Pool, type Dispatcher } from 'undici'
+import { cacheBase, get, requestError, statusError } from './url.js'
+
+const noop = (): void => {}
+
+/** How long a TCP (and TLS) connect to a cache may take before it counts as failed. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 3000
+
+export interface HttpBackendOptions {
+  /** The binary cache, e.g. `https://cache.nixos.org` or `http://host/cache/`. */
+  url: string
+  /** The name in events and errors. @default the cache URL */
+  name?: string
+  /**
+   * An undici dispatcher for every request, instead of the backend's own pool (and the Agent it makes for
+   * redirects to other origins); `close()` leaves it open.
+   */
+  dispatcher?: Dispatcher
+  /** Extra request headers, e.g. `authorization`. */
+  headers?: Record<string, string>
+  /** Fail a connect that takes longer than this. Applies to the backend's own pool only. @default 3000 */
+  connectTimeoutMs?: number
+}
+
+/** A NarBackend over one HTTP binary cache. */
+export interface HttpBackend extends NarBackend {
+  /** The cache URL, with a trailing slash. */
+  readonly url: string
+  /** Destroys the backend's connection pool, cancelling whatever is in flight. */
+  close(): Promise<void>
+}
+
+/**
+ * A narrace backend that fetches `nar/<nix32>.nar.xz` (or the narinfo URL that `resolveNar` passes on)
+ * from one binary cache, over one keep-alive undici Pool. A resume at `offset > 0` sends
+ * `Range: bytes=offset-`; a server that answers 200 instead restarts at 0, which `resolveNar` skips.
+ * Bytes are never decoded: the FileHash is the hash of the file as stored. Up to MAX_REDIRECTS
+ * redirects are followed (attic, for one, sends NARs to S3), without credentials once they leave the origin.
+ *
+ * 403, 404 and 410 reject with NarNotFoundError; other statuses, refused connections and connect timeouts
+ * with NarBackendError. A `Content-Length` or `Content-Range` that contradicts `size` rejects with
+ * NarSizeMismatchError before any byte is delivered.
+ */
+export function httpBackend(options: HttpBackendOptions): HttpBackend {
+  const base = cacheBase(options.url)
+  const name = options.name ?? options.url
+  const connect = { timeout: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS }
+  const pool = options.dispatcher ? undefined : new Pool(base.origin, { connect })
+  // Only for NAR URLs and redirects that leave the cache's origin: made on first use.
+  let elsewhere: Agent | undefined
+  const dispatcherFor = (origin: string): Dispatcher => {
+    if (options.dispatcher) return options.dispatcher
+    if (origin === base.origin) return pool!
+    elsewhere ??= new Agent({ connect })
+    return elsewhere
+  }
+
+  return {
+    name,
+    url: base.href,
+
+    async fetch(hash: NarHash, fetchOptions: NarFetchOptions): Promise<NarSource> {
+      const { signal, size } = fetchOptions
+      const offset = fetchOptions.offset ?? 0
+      signal.throwIfAborted()
+      // As in Nix, a narinfo URL may also be absolute.
+      const target = new URL(fetchOptions.url ?? `nar/${hash.nix32}.nar.xz`, base)
+      if (target.protocol !== 'http:' && target.protocol !== 'https:') {
+        throw new NarBackendError(`${name}: the NAR URL ${target.href} is not http(s)`, { backend: name })
+      }
+      const headers: Record<string, string> = { ...options.headers, 'accept-encoding': 'identity' }
+      if (offset > 0) headers.range = `bytes=${offset}-`
+
+      let response: Dispatcher.ResponseData
+      let url: URL
+      try {
+        ;({ response, url } = await get(target, { headers, signal, dispatcherFor, name }))
+      } catch (error) {
+        throw requestError(error, target.href, name, signal)
+      }
+      const body = response.body
+      try {
+        const source = checkResponse(response, { offset, size, url: url.href, name })
+        return { ...source, body: readBody(body, url.href, name, signal) }
+      } catch (error) {
+        // Reading a short error body to its end keeps the connection for the next request.
+        body.dump().catch(noop)
+        throw error
+      }
+    },
+
+    async close(): Promise<void> {
+      await Promise.all([pool?.destroy(), elsewhere?.destroy()])
+    },
+  }
+}
+
+/** Reads the status and length headers; throws before any byte when they rule the response out. */
+function checkResponse(
+  response: Dispatcher.ResponseData,
+  expect: { offset: number; size: number | undefined; url: string; name: string },
+): Omit<NarSource, 'body'> {
+  const { statusCode, headers } = response
+  const { offset, size, url, name } = expect
+  const length = numberHeader(headers['content-length'])
+  const mismatch = (actual: number, what: string): NarSizeMismatchError =>
+    new NarSizeMismatchError(`${name}: ${what} says ${actual} bytes, the narinfo says ${size} (${url})`, {
+      expected: size!,
+      actual,
+    })
+
+  if (statusCode === 200) {
+    if (size !== undefined && length !== undefined && length !== size) throw mismatch(length, 'Content-Length')
+    return length === undefined ? { offset: 0 } : { offset: 0, size: length }
+  }
+  if (statusCode === 206 && offset > 0) {
+    const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(headers['content-range'] ?? '').trim())
+    if (!range || Number(range[1]) !== offset) {
+      throw new NarBackendError(
+        `${name}: a 206 with Content-Range '${String(headers['content-range'])}' for a request from ${offset} (${url})`,
+        { backend: name, status: statusCode },
+      )
+    }
+    const total = range[3] === '*' ? undefined : Number(range[3])
+    if (size !== undefined && total !== undefined && total !== size) throw mismatch(total, 'Content-Range')
+    const whole = total ?? size
+    if (whole !== undefined && length !== undefined && offset + length !== whole) {
+      throw mismatch(offset + length, 'Content-Length from the offset')
+    }
+    return whole === undefined ? { offset } : { offset, size: whole }
+  }
+  throw statusError(statusCode, url, name)
+}
+
+function numberHeader(value: string | string[] | undefined): number | undefined {
+  if (typeof value !== 'string' || !/^\d+$/.test(value.trim())) return undefined
+  return Number(value)
+}
+
+/** The response body as narrace wants it: leaving the loop or aborting ends the request at once. */
+function readBody(body: Readable, url: string, name: string, signal: AbortSignal): AsyncIterable<Uint8Array> {
+  return {
+    [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
+      const iterator = body[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>
+      return {
+        async next(): Promise<IteratorResult<Uint8Array>> {
+          try {
+            return await iterator.next()
+          } catch (error) {
+            throw requestError(error, url, name, signal)
+          }
+        },
+        async return(): Promise<IteratorResult<Uint8Array>> {
+          body.destroy()
+          return { done: true, value: undefined }
+        },
+      }
+    },
+  }
+}

@@ -1,0 +1,136 @@
+import { InvalidNarHashError, NarNotFoundError, NarraceError } from '@narrace/core'
+import { isStoreHashPart, parseStoreBasename, parseStorePath, type NarInfo } from '@narrace/narinfo'
+import type { Dispatcher } from 'undici'
+import { resolveNarInfo } from './narinfo.js'
+
+/** How many narinfo lookups a closure walk keeps in flight. */
+export const DEFAULT_CLOSURE_CONCURRENCY = 16
+
+/** A store path of the closure, with the narinfo that won its race. */
+export interface ClosureEntry {
+  /** The full store path, `/nix/store/<hash part>-<name>`. */
+  storePath: string
+  narInfo: NarInfo
+  /** The cache the narinfo came from. */
+  cache: string
+  /** The narinfo exactly as that cache sent it, to store unchanged with its signatures. */
+  text: string
+}
+
+/** A path of the closure that no cache could give a valid narinfo for. */
+export interface ClosureMiss {
+  /** The full store path when a referrer named it, else the hash part that was asked for. */
+  storePath: string
+  /** NarNotFoundError when every cache said 404; NarBackendError when some failed or lied. */
+  error: unknown
+}
+
+export interface WalkClosureOptions {
+  /** Binary-cache URLs, raced for every narinfo. */
+  caches: string[]
+  /** When given, only narinfos signed by one of these keys count. */
+  trustedKeys?: string[]
+  signal?: AbortSignal
+  /** Narinfo lookups in flight at once. @default 16 */
+  concurrency?: number
+  /** The undici dispatcher for every lookup. @default the one resolveNarInfo shares */
+  dispatcher?: Dispatcher
+  /**
+   * Called for each path no cache could give; the walk goes on without that path's references. Without
+   * it, the walk still yields everything else, then rejects with NarNotFoundError whose `errors` holds
+   * a ClosureMiss for each missing path.
+   */
+  onMissing?: (miss: ClosureMiss) => void
+}
+
+/** Accepts a full store path, a store path basename or a bare 32-character hash part. */
+function hashPartOf(input: string): { hashPart: string; storePath: string } {
+  const text = input.trim()
+  if (isStoreHashPart(text)) return { hashPart: text, storePath: text }
+  try {
+    const parsed = text.startsWith('/') ? parseStorePath(text) : parseStoreBasename(text)
+    return { hashPart: parsed.hashPart, storePath: parsed.path }
+  } catch (error) {
+    throw new InvalidNarHashError(`'${input}' is neither a store path nor a 32-character hash part`, { cause: error })
+  }
+}
+
+type Lookup = { hashPart: string; storePath: string } & ({ result: ClosureEntry } | { error: unknown })
+
+/**
+ * Walks the closure of `storePaths` breadth-first through narinfo References, racing the caches for
+ * each narinfo with resolveNarInfo, at most `concurrency` at a time. Yields every path of the closure
+ * exactly once, in the order its narinfo arrives; cycles and self-references are safe. A path that no
+ * cache has goes to `onMissing` (or, without it, into the NarNotFoundError the walk ends with) and the
+ * walk goes on. Leaving the loop early aborts the lookups in flight.
+ */
+export async function* walkClosure(
+  storePaths: string[],
+  options: WalkClosureOptions,
+): AsyncGenerator<ClosureEntry, void, undefined> {
+  const outer = options.signal
+  outer?.throwIfAborted()
+  const concurrency = Math.max(1, Math.floor(options.concurrency ?? DEFAULT_CLOSURE_CONCURRENCY))
+  const seen = new Set<string>()
+  const queue: { hashPart: string; storePath: string }[] = []
+  const enqueue = (path: { hashPart: string; storePath: string }): void => {
+    if (seen.has(path.hashPart)) return
+    seen.add(path.hashPart)
+    queue.push(path)
+  }
+  for (const input of storePaths) enqueue(hashPartOf(input))
+
+  const walk = new AbortController()
+  const signal = outer ? AbortSignal.any([outer, walk.signal]) : walk.signal
+  const running = new Map<string, Promise<Lookup>>()
+  const misses: ClosureMiss[] = []
+  const lookup = async (hashPart: string, storePath: string): Promise<Lookup> => {
+    try {
+      const found = await resolveNarInfo(hashPart, {
+        caches: options.caches,
+        signal,
+        ...(options.trustedKeys && { trustedKeys: options.trustedKeys }),
+        ...(options.dispatcher && { dispatcher: options.dispatcher }),
+      })
+      const { narInfo, cache, text } = found
+      return { hashPart, storePath, result: { storePath: narInfo.storePath, narInfo, cache, text } }
+    } catch (error) {
+      return { hashPart, storePath, error }
+    }
+  }
+
+  try {
+    while (queue.length > 0 || running.size > 0) {
+      // An abort while the consumer held the last entry must not end the walk as if it were complete.
+      outer?.throwIfAborted()
+      while (running.size < concurrency && queue.length > 0) {
+        const next = queue.shift()!
+        running.set(next.hashPart, lookup(next.hashPart, next.storePath))
+      }
+      const done = await Promise.race(running.values())
+      // Removed here, not when it settles: lookups settling together must each be taken once.
+      running.delete(done.hashPart)
+      signal.throwIfAborted()
+      if ('error' in done) {
+        const miss = { storePath: done.storePath, error: done.error }
+        if (options.onMissing) options.onMissing(miss)
+        else misses.push(miss)
+        continue
+      }
+      for (const reference of done.result.narInfo.references) {
+        const parsed = parseStoreBasename(reference)
+        enqueue({ hashPart: parsed.hashPart, storePath: parsed.path })
+      }
+      yield done.result
+    }
+    outer?.throwIfAborted()
+  } finally {
+    walk.abort(new NarraceError('the closure walk ended'))
+  }
+  if (misses.length > 0) {
+    throw new NarNotFoundError(
+      `${misses.length} path(s) of the closure are on no cache: ${misses.map((m) => m.storePath).join(', ')}`,
+      { errors: misses },
+    )
+  }
+}

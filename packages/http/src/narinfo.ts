@@ -1,0 +1,200 @@
+import {
+  InvalidNarHashError,
+  InvalidNarInfoError,
+  NarBackendError,
+  NarNotFoundError,
+  NarraceError,
+} from '@narrace/core'
+import {
+  isStoreHashPart,
+  MAX_DOCUMENT_BYTES,
+  parseCacheInfo,
+  parseNarInfo,
+  parseStorePath,
+  verifyNarInfo,
+  type CacheInfo,
+  type NarInfo,
+} from '@narrace/narinfo'
+import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib'
+import { Agent, type Dispatcher } from 'undici'
+import { DEFAULT_CONNECT_TIMEOUT_MS } from './backend.js'
+import { cacheBase, get, requestError, statusError } from './url.js'
+
+/** A narinfo or nix-cache-info larger than this is refused unread, as the parser would refuse it. */
+export const MAX_NARINFO_BYTES = MAX_DOCUMENT_BYTES
+
+export interface ResolveNarInfoOptions {
+  /** Binary-cache URLs, asked all at once. */
+  caches: string[]
+  /**
+   * `name:base64(ed25519 public key)` keys. When at least one is given, a narinfo counts only if one of
+   * them signed it; an unsigned or wrongly signed narinfo loses like garbage does.
+   */
+  trustedKeys?: string[]
+  signal?: AbortSignal
+  /** The undici dispatcher for every request, redirects included. @default a shared keep-alive Agent */
+  dispatcher?: Dispatcher
+}
+
+/** The narinfo that won the race. */
+export interface ResolvedNarInfo {
+  narInfo: NarInfo
+  /** The cache URL it came from, as given in `caches`. */
+  cache: string
+  /** The narinfo exactly as the cache sent it, signatures included. */
+  text: string
+}
+
+const noop = (): void => {}
+
+let sharedAgent: Agent | undefined
+
+/** One Agent for every narinfo request: a pool per cache origin, kept alive across lookups. */
+function defaultDispatcher(): Dispatcher {
+  sharedAgent ??= new Agent({ connect: { timeout: DEFAULT_CONNECT_TIMEOUT_MS } })
+  return sharedAgent
+}
+
+/**
+ * Asks every cache for `<hashPart>.narinfo` at once. The first answer that parses, names the store path
+ * asked for, and verifies (when `trustedKeys` is given) wins; the other requests are aborted.
+ *
+ * Rejects with InvalidNarHashError for a malformed hash part, NarNotFoundError when every cache says
+ * 403/404/410, and otherwise NarBackendError whose message says why each cache failed (its `cause` is an
+ * AggregateError of those errors, in the order of `caches`).
+ */
+export async function resolveNarInfo(hashPart: string, options: ResolveNarInfoOptions): Promise<ResolvedNarInfo> {
+  if (!isStoreHashPart(hashPart)) {
+    throw new InvalidNarHashError(`'${hashPart}' is not a store hash part: 32 characters of Nix's base-32 alphabet`)
+  }
+  const outer = options.signal
+  outer?.throwIfAborted()
+  const caches = options.caches.map((cache) => ({ cache, base: cacheBase(cache) }))
+  if (caches.length === 0) throw new NarNotFoundError(`no cache to ask for ${hashPart}.narinfo`)
+  const dispatcher = options.dispatcher ?? defaultDispatcher()
+  const trustedKeys = options.trustedKeys?.length ? options.trustedKeys : undefined
+  const race = new AbortController()
+  const signal = outer ? AbortSignal.any([outer, race.signal]) : race.signal
+
+  try {
+    return await Promise.any(
+      caches.map(async ({ cache, base }): Promise<ResolvedNarInfo> => {
+        const url = new URL(`${hashPart}.narinfo`, base).href
+        const text = await fetchText(url, { signal, dispatcher, name: cache })
+        return { narInfo: checkNarInfo(text, hashPart, cache, trustedKeys), cache, text }
+      }),
+    )
+  } catch (error) {
+    if (outer?.aborted) throw outer.reason
+    const errors = error instanceof AggregateError ? error.errors : [error]
+    if (errors.every((e) => e instanceof NarNotFoundError)) {
+      throw new NarNotFoundError(`no cache has ${hashPart}.narinfo`, { errors })
+    }
+    const reasons = errors.map((e) => (e instanceof Error ? e.message : String(e))).join('; ')
+    throw new NarBackendError(`no cache gave a valid ${hashPart}.narinfo: ${reasons}`, {
+      cause: new AggregateError(errors, `${hashPart}.narinfo failed on every cache`),
+    })
+  } finally {
+    race.abort(new NarraceError(`${hashPart}.narinfo already resolved`))
+  }
+}
+
+function checkNarInfo(text: string, hashPart: string, cache: string, trustedKeys: string[] | undefined): NarInfo {
+  let narInfo: NarInfo
+  try {
+    narInfo = parseNarInfo(text)
+  } catch (error) {
+    const why = error instanceof Error ? error.message : String(error)
+    throw new InvalidNarInfoError(`${cache}: ${hashPart}.narinfo: ${why}`, { cause: error })
+  }
+  if (parseStorePath(narInfo.storePath).hashPart !== hashPart) {
+    throw new InvalidNarInfoError(`${cache}: ${hashPart}.narinfo describes ${narInfo.storePath}`)
+  }
+  if (trustedKeys && !verifyNarInfo(narInfo, trustedKeys).valid) {
+    throw new InvalidNarInfoError(`${cache}: ${hashPart}.narinfo has no valid signature by a trusted key`)
+  }
+  return narInfo
+}
+
+/** Fetches and parses a cache's `nix-cache-info` (StoreDir, WantMassQuery, Priority). */
+export async function fetchCacheInfo(
+  cache: string,
+  options: { signal?: AbortSignal; dispatcher?: Dispatcher } = {},
+): Promise<CacheInfo> {
+  const url = new URL('nix-cache-info', cacheBase(cache)).href
+  const text = await fetchText(url, {
+    signal: options.signal,
+    dispatcher: options.dispatcher ?? defaultDispatcher(),
+    name: cache,
+  })
+  try {
+    return parseCacheInfo(text)
+  } catch (error) {
+    const why = error instanceof Error ? error.message : String(error)
+    throw new InvalidNarInfoError(`${cache}: nix-cache-info: ${why}`, { cause: error })
+  }
+}
+
+const DECODERS: Record<string, (input: Buffer, options: { maxOutputLength: number }) => Buffer> = {
+  gzip: gunzipSync,
+  'x-gzip': gunzipSync,
+  deflate: inflateSync,
+  br: brotliDecompressSync,
+}
+
+/** GETs a small text file, at most MAX_NARINFO_BYTES, decoded as strict UTF-8. */
+async function fetchText(
+  url: string,
+  options: { signal: AbortSignal | undefined; dispatcher: Dispatcher; name: string },
+): Promise<string> {
+  const { signal, dispatcher, name } = options
+  const tooBig = (): InvalidNarInfoError =>
+    new InvalidNarInfoError(`${name}: ${url} is larger than ${MAX_NARINFO_BYTES} bytes`)
+  const chunks: Buffer[] = []
+  let encoding: string
+  try {
+    const { response } = await get(new URL(url), {
+      headers: { 'accept-encoding': 'identity' },
+      signal,
+      dispatcherFor: () => dispatcher,
+      name,
+    })
+    const { statusCode, headers, body } = response
+    if (statusCode !== 200) {
+      body.dump().catch(noop)
+      throw statusError(statusCode, url, name)
+    }
+    if (Number(headers['content-length']) > MAX_NARINFO_BYTES) {
+      body.destroy()
+      throw tooBig()
+    }
+    encoding = String(headers['content-encoding'] ?? 'identity').trim().toLowerCase()
+    let length = 0
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      length += chunk.length
+      if (length > MAX_NARINFO_BYTES) {
+        body.destroy()
+        throw tooBig()
+      }
+      chunks.push(chunk)
+    }
+  } catch (error) {
+    throw requestError(error, url, name, signal)
+  }
+
+  let bytes: Buffer = Buffer.concat(chunks)
+  if (encoding !== 'identity' && encoding !== '') {
+    const decode = DECODERS[encoding]
+    if (!decode) throw new InvalidNarInfoError(`${name}: ${url} came with Content-Encoding '${encoding}'`)
+    try {
+      bytes = decode(bytes, { maxOutputLength: MAX_NARINFO_BYTES })
+    } catch (error) {
+      throw new InvalidNarInfoError(`${name}: ${url} does not decode as ${encoding}`, { cause: error })
+    }
+  }
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes)
+  } catch (error) {
+    throw new InvalidNarInfoError(`${name}: ${url} is not UTF-8 text`, { cause: error })
+  }
+}
