@@ -1,6 +1,8 @@
 import { defineConfig } from 'tsup'
 
 export default defineConfig({
+  // keep `node:` specifiers: `node:sqlite` has no bare alias
+  removeNodeProtocol: false,
   entry: ['src/index.ts'],
   format: ['esm'],
   target: 'node22',

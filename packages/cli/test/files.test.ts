@@ -1,0 +1,41 @@
+import { createHash } from 'node:crypto'
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { parseNarHash } from '@narrace/core'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { cacheFile, hashFile, isVerifiedFile, removePartials } from '../src/files.js'
+
+describe('files', () => {
+  let dir: string
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'narrace-files-'))
+  })
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('places narinfo URLs inside the cache and refuses ones that climb out', () => {
+    expect(cacheFile('/c', 'nar/x.nar.xz')).toBe('/c/nar/x.nar.xz')
+    for (const url of ['../x', 'nar/../../x', '/etc/passwd', 'http://evil/x']) {
+      expect(() => cacheFile('/c', url)).toThrow(/inside the cache/)
+    }
+  })
+
+  it('verifies a file by SHA-256 and size', async () => {
+    const path = join(dir, 'f')
+    await writeFile(path, 'hello')
+    const hash = parseNarHash(`sha256:${createHash('sha256').update('hello').digest('hex')}`)
+    expect((await hashFile(path)).hash.equals(hash)).toBe(true)
+    expect(await isVerifiedFile(path, hash, 5)).toBe(true)
+    expect(await isVerifiedFile(path, hash, 6)).toBe(false)
+    expect(await isVerifiedFile(join(dir, 'absent'), hash, 5)).toBe(false)
+  })
+
+  it('removes only the partial files a killed download left', async () => {
+    await writeFile(join(dir, '.x.nar.xz.0123456789ab.partial'), '')
+    await writeFile(join(dir, 'keep.nar.xz'), '')
+    expect(await removePartials(dir)).toBe(1)
+    expect((await readdir(dir)).sort()).toEqual(['f', 'keep.nar.xz'])
+  })
+})

@@ -1,0 +1,12 @@
+// bittorrent-tracker 11 ships no type declarations; this covers what the tests call.
+declare module 'bittorrent-tracker' {
+  import type { Server as HttpServer } from 'node:http'
+  export class Server {
+    constructor(options?: { http?: boolean; udp?: boolean; ws?: boolean; stats?: boolean; trustProxy?: boolean })
+    http: HttpServer | null
+    listen(port: number, hostname: string, onListening?: () => void): void
+    close(callback?: (error?: Error | null) => void): void
+    once(event: 'error', listener: (error: Error) => void): this
+    on(event: 'warning' | 'error', listener: (error: Error) => void): this
+  }
+}
