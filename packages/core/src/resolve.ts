@@ -235,7 +235,11 @@ class Download {
       if (this.fileSize !== undefined) request.size = this.fileSize
       if (this.options.url !== undefined) request.url = this.options.url
       const fetching = (async () => entry.backend.fetch(this.hash, request))()
-      const source = await guard(fetching, signal, deadline - performance.now(), onStall)
+      const source = await guard(fetching, signal, deadline - performance.now(), onStall).catch((error: unknown) => {
+        // A backend that answers after all, despite the abort or stall, still gets its body closed.
+        fetching.then((late) => closeIterator(late?.body?.[Symbol.asyncIterator]?.()), noop)
+        throw error
+      })
       iterator = this.open(source, entry.name, offset)
       let skip = offset - source.offset
       for (;;) {

@@ -380,6 +380,29 @@ describe('resolveNar: cancellation', () => {
     expect(timers()).toBe(before)
   })
 
+  it('closes the body of a loser that answers only after it was aborted', async () => {
+    let closed = false
+    const deaf: NarBackend = {
+      name: 'deaf',
+      async fetch() {
+        await delay(80)
+        const body = (async function* () {
+          try {
+            yield new Uint8Array(1)
+          } finally {
+            closed = true
+          }
+        })()
+        await body.next()
+        return { offset: 0, body }
+      },
+    }
+    const stream = await resolveNar(hash, { backends: [scripted('a', data), deaf] })
+    await collect(stream)
+    await delay(150)
+    expect(closed).toBe(true)
+  })
+
   it('raises no unhandled rejection when losers fail after the win', async () => {
     const unhandled: unknown[] = []
     const onUnhandled = (e: unknown): void => void unhandled.push(e)
