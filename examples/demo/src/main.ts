@@ -1,0 +1,217 @@
+#!/usr/bin/env node
+/**
+ * `pnpm demo`: a slow binary cache, a dead one, IPFS and a torrent swarm, all on 127.0.0.1, behind the
+ * narrace proxy. Every NAR of the committed fixture cache is fetched through the proxy and verified, and
+ * `nix copy` runs through it too when `nix` is on PATH.
+ */
+import { execFile, spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { Agent, get } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { performance } from 'node:perf_hooks'
+import { Writable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
+import { openIndex } from '@narrace/index'
+import { createProxy } from '@narrace/proxy-example'
+import { pino } from 'pino'
+import { startIpfs, startTorrent } from './swarm.js'
+import { deadUpstream, startUpstream } from './upstream.js'
+
+interface FixturePath {
+  name: string
+  storePath: string
+  hashPart: string
+  fileHashHex: string
+  fileSize: number
+  url: string
+}
+
+/** The demo gives up on its own after this long, whatever is still running. */
+const DEADLINE_MS = 50_000
+/** What makes the upstream "distant": a late first byte and a modest rate. */
+const SLOW = { firstByteDelayMs: 150, bytesPerSecond: 2 * 1024 * 1024 }
+/** IPFS holds the small NARs (one raw block each), the torrent swarm the large ones; the diamond is only upstream. */
+const ON_IPFS = (p: FixturePath): boolean => p.fileSize <= 256 * 1024 && !p.name.startsWith('diamond')
+const ON_TORRENT = (p: FixturePath): boolean => p.fileSize > 512 * 1024
+
+const fixturesDir = fileURLToPath(new URL('../../../test/fixtures/', import.meta.url))
+const cacheDir = join(fixturesDir, 'cache')
+const manifest = JSON.parse(readFileSync(join(fixturesDir, 'cache.json'), 'utf8')) as {
+  publicKey: string
+  paths: FixturePath[]
+}
+
+interface Row {
+  name: string
+  size: number
+  winner: string
+  firstByteMs: number
+  totalMs: number
+  verified: boolean
+}
+
+function say(text: string): void {
+  process.stdout.write(`${text}\n`)
+}
+
+/** Fetches one URL through `agent`, timing the first body byte, and hashes the body. */
+function fetchTimed(url: string, agent: Agent, signal: AbortSignal): Promise<{ status: number; body: Buffer; firstByteMs: number; totalMs: number; complete: boolean }> {
+  return new Promise((resolve, reject) => {
+    const started = performance.now()
+    let firstByteMs = Number.NaN
+    get(url, { agent, signal }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (chunk: Buffer) => {
+        if (chunks.length === 0) firstByteMs = performance.now() - started
+        chunks.push(chunk)
+      })
+      res.once('error', () => {})
+      res.once('close', () =>
+        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), firstByteMs, totalMs: performance.now() - started, complete: res.complete }),
+      )
+    }).once('error', reject)
+  })
+}
+
+function table(rows: Row[], label: (backend: string) => string): string {
+  const header = ['NAR', 'size', 'winner', 'first byte', 'MB/s', 'verified']
+  const body = rows.map((r) => [
+    r.name,
+    r.size >= 1024 * 1024 ? `${(r.size / 1024 / 1024).toFixed(1)} MiB` : `${(r.size / 1024).toFixed(1)} KiB`,
+    label(r.winner),
+    `${r.firstByteMs.toFixed(0)} ms`,
+    // A rate over a few KiB says more about latency than throughput.
+    r.size >= 100 * 1024 ? (r.size / 1e6 / (r.totalMs / 1000)).toFixed(1) : '-',
+    r.verified ? 'yes' : 'NO',
+  ])
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)))
+  const line = (cells: string[]): string =>
+    cells.map((c, i) => (i === 0 || i === 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n')
+}
+
+/** `nix copy --from` the proxy into a throwaway store, without a daemon. */
+async function nixCopy(proxyUrl: string, paths: string[], publicKey: string, signal: AbortSignal): Promise<string> {
+  if (spawnSync('nix', ['--version'], { stdio: 'ignore' }).status !== 0) return 'nix is not on PATH: skipped nix copy'
+  const dir = await mkdtemp(join(tmpdir(), 'narrace-demo-nix-'))
+  const env = {
+    PATH: process.env.PATH,
+    HOME: dir,
+    XDG_CACHE_HOME: join(dir, 'cache'),
+    NIX_CONFIG: 'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\n',
+  }
+  const store = join(dir, 'store')
+  const args = ['copy', '--from', proxyUrl, '--to', store, '--option', 'trusted-public-keys', publicKey, ...paths]
+  const started = performance.now()
+  try {
+    const failure = await new Promise<Error | null>((resolve) =>
+      execFile('nix', args, { env, signal, maxBuffer: 16 * 1024 * 1024 }, (error, _stdout, stderr) =>
+        resolve(error ? new Error(stderr.trim().split('\n').at(-1) ?? error.message) : null),
+      ),
+    )
+    const ms = (performance.now() - started).toFixed(0)
+    return failure
+      ? `nix copy --from ${proxyUrl} FAILED after ${ms} ms: ${failure.message}`
+      : `nix copy --from ${proxyUrl}: ${paths.length} store paths (with their closures) into a throwaway store in ${ms} ms`
+  } finally {
+    spawnSync('chmod', ['-R', 'u+w', dir], { stdio: 'ignore' })
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+async function demo(signal: AbortSignal): Promise<boolean> {
+  const cleanups: (() => Promise<unknown> | void)[] = []
+  try {
+    const started = performance.now()
+    const paths = manifest.paths
+    const index = openIndex()
+    cleanups.push(() => index.close())
+    const slow = await startUpstream(cacheDir, SLOW)
+    cleanups.push(() => slow.close())
+    const dead = await deadUpstream()
+    say(`slow cache  ${slow.url}  (first byte after ${SLOW.firstByteDelayMs} ms, ${SLOW.bytesPerSecond / 1024 / 1024} MiB/s)`)
+    say(`dead cache  ${dead}  (connection refused)`)
+    signal.throwIfAborted()
+
+    const ipfs = await startIpfs(paths.filter(ON_IPFS).map((p) => join(cacheDir, p.url)), index)
+    cleanups.push(() => ipfs.close())
+    say(`IPFS        two Helia nodes on loopback TCP, ${paths.filter(ON_IPFS).length} NARs published`)
+    signal.throwIfAborted()
+    const torrent = await startTorrent(paths.filter(ON_TORRENT).map((p) => join(cacheDir, p.url)), index)
+    cleanups.push(() => torrent.close())
+    say(`torrent     a tracker and a seeder on 127.0.0.1, ${paths.filter(ON_TORRENT).length} NARs seeded`)
+    signal.throwIfAborted()
+
+    const winners = new Map<string, string>()
+    const logs = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const text of chunk.toString().split('\n')) {
+          if (!text) continue
+          const line = JSON.parse(text) as { msg?: string; nar?: string; winner?: string }
+          if (line.msg === 'nar' && line.nar && line.winner) winners.set(line.nar, line.winner)
+        }
+        done()
+      },
+    })
+    const proxy = createProxy({
+      upstreams: [dead, slow.url],
+      trustedPublicKeys: [manifest.publicKey],
+      index,
+      backends: [ipfs.backend, torrent.backend],
+      logger: pino(logs),
+    })
+    cleanups.push(() => proxy.close())
+    await proxy.listen()
+    say(`proxy       ${proxy.url}  (upstreams: the dead cache, then the slow one)\n`)
+
+    const agent = new Agent({ keepAlive: true })
+    cleanups.push(() => agent.destroy())
+    const rows: Row[] = []
+    for (const path of paths) {
+      const narinfo = await fetchTimed(`${proxy.url}/${path.hashPart}.narinfo`, agent, signal)
+      if (narinfo.status !== 200) throw new Error(`the proxy answered ${narinfo.status} for ${path.hashPart}.narinfo`)
+      const nar = await fetchTimed(`${proxy.url}/${path.url}`, agent, signal)
+      const verified =
+        nar.status === 200 && nar.complete && createHash('sha256').update(nar.body).digest('hex') === path.fileHashHex
+      const nix32 = path.url.slice('nar/'.length, -'.nar.xz'.length)
+      rows.push({ name: path.name, size: path.fileSize, winner: winners.get(nix32) ?? '?', firstByteMs: nar.firstByteMs, totalMs: nar.totalMs, verified })
+    }
+    const label = (backend: string): string =>
+      backend === slow.url ? 'slow cache' : backend === dead ? 'dead cache' : backend
+    say(table(rows, label))
+    const wins = new Map<string, number>()
+    for (const row of rows) wins.set(label(row.winner), (wins.get(label(row.winner)) ?? 0) + 1)
+    const verified = rows.filter((r) => r.verified).length
+    say(`\n${verified} of ${rows.length} NARs verified against their FileHash; wins: ${[...wins].map(([k, n]) => `${k} ${n}`).join(', ')}`)
+
+    const nix = await nixCopy(proxy.url, paths.map((p) => p.storePath), manifest.publicKey, signal)
+    say(nix)
+    say(`done in ${((performance.now() - started) / 1000).toFixed(1)} s`)
+    return verified === rows.length && !nix.includes('FAILED')
+  } finally {
+    for (const cleanup of cleanups.reverse()) await cleanup()
+  }
+}
+
+const controller = new AbortController()
+const deadline = setTimeout(() => controller.abort(new Error(`the demo took longer than ${DEADLINE_MS / 1000} s`)), DEADLINE_MS)
+process.once('SIGINT', () => {
+  controller.abort(new Error('interrupted'))
+  // A second Ctrl-C does not wait for the cleanup.
+  process.once('SIGINT', () => process.exit(130))
+})
+try {
+  const ok = await demo(controller.signal)
+  process.exitCode = ok ? 0 : 1
+} catch (error) {
+  const reason: unknown = controller.signal.aborted ? controller.signal.reason : error
+  process.stderr.write(`demo: ${reason instanceof Error ? reason.message : String(reason)}\n`)
+  process.exitCode = controller.signal.reason instanceof Error && controller.signal.reason.message === 'interrupted' ? 130 : 1
+} finally {
+  clearTimeout(deadline)
+}
+// Everything was closed above; exiting here keeps a library's stray timer from holding the demo open.
+process.exit()

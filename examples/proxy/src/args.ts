@@ -1,0 +1,134 @@
+import { parseArgs } from 'node:util'
+
+/** NARs at or below this size are verified whole before the first byte goes out. */
+export const DEFAULT_VERIFY_FIRST_BELOW = 8 * 1024 * 1024
+/** The `Priority` in nix-cache-info: below cache.nixos.org's 40, so Nix asks the proxy first. */
+export const DEFAULT_PRIORITY = 30
+export const DEFAULT_LISTEN = '127.0.0.1:8080'
+
+/** What the command line asks for. */
+export interface ProxyArgs {
+  help: boolean
+  listen: { host: string; port: number }
+  upstreams: string[]
+  trustedPublicKeys: string[]
+  index: string | undefined
+  ipfsApi: string | undefined
+  torrent: boolean
+  announce: string[]
+  verifyFirstBelow: number
+  priority: number
+}
+
+/** Thrown for a command line the proxy can't run with; main prints the message and exits with 2. */
+export class ProxyUsageError extends Error {
+  override name = 'ProxyUsageError' as const
+}
+
+export const USAGE = `Usage: narrace-proxy --upstream URL [--upstream URL …] [options]
+
+A Nix substituter: put http://HOST:PORT first in 'substituters'. Every NAR is raced across the
+upstream caches (and IPFS and torrents when enabled) and verified against its FileHash.
+
+Options:
+  --listen HOST:PORT              address to serve on; port 0 picks a free one (default ${DEFAULT_LISTEN})
+  --upstream URL                  an HTTP binary cache to race; repeat for more (at least one)
+  --trusted-public-key NAME:KEY   accept only narinfo signed by this key; repeat for more
+  --index PATH                    the mapping index (SQLite) for FileHash → CID/infohash (default: in memory)
+  --ipfs-api URL                  also fetch from IPFS through this Kubo RPC API
+  --torrent                       also fetch from BitTorrent, through mappings in the index
+  --announce URL                  a tracker for --torrent; repeat for more
+  --verify-first-below BYTES      verify NARs up to this size before sending a byte (default ${DEFAULT_VERIFY_FIRST_BELOW})
+  --priority N                    the Priority in nix-cache-info (default ${DEFAULT_PRIORITY})
+  -h, --help                      show this text
+`
+
+function httpUrl(value: string, flag: string): string {
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    throw new ProxyUsageError(`${flag}: '${value}' is not a URL`)
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ProxyUsageError(`${flag}: '${value}' is not an http or https URL`)
+  }
+  return value.replace(/\/+$/, '')
+}
+
+function count(value: string, flag: string, max: number): number {
+  if (!/^\d+$/.test(value) || Number(value) > max) {
+    throw new ProxyUsageError(`${flag}: '${value}' is not a whole number from 0 to ${max}`)
+  }
+  return Number(value)
+}
+
+/** Reads `HOST:PORT`, `[v6]:PORT` or a bare `PORT` (on 127.0.0.1). */
+export function parseListen(value: string): { host: string; port: number } {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d+)$/.exec(value) ?? /^()()(\d+)$/.exec(value)
+  if (!match) throw new ProxyUsageError(`--listen: '${value}' is not HOST:PORT`)
+  const host = match[1] || match[2] || '127.0.0.1'
+  return { host, port: count(match[3]!, '--listen port', 65535) }
+}
+
+/** Checks the `name:base64` form Nix uses; the key itself is 32 bytes of ed25519. */
+function publicKey(value: string): string {
+  const colon = value.indexOf(':')
+  const key = value.slice(colon + 1)
+  if (colon < 1 || !/^[A-Za-z0-9+/]{43}=$/.test(key)) {
+    throw new ProxyUsageError(`--trusted-public-key: '${value}' is not NAME:BASE64 of a 32-byte ed25519 key`)
+  }
+  return value
+}
+
+/** Parses the proxy's command line; throws ProxyUsageError with a one-line message. */
+export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
+  // `pnpm proxy -- --flag` hands the separator through.
+  const args = argv[0] === '--' ? argv.slice(1) : [...argv]
+  let values: ReturnType<typeof parse>['values']
+  try {
+    values = parse(args).values
+  } catch (error) {
+    throw new ProxyUsageError((error as Error).message.split('\n')[0]!)
+  }
+  const result: ProxyArgs = {
+    help: values.help ?? false,
+    listen: parseListen(values.listen ?? DEFAULT_LISTEN),
+    upstreams: (values.upstream ?? []).map((u) => httpUrl(u, '--upstream')),
+    trustedPublicKeys: (values['trusted-public-key'] ?? []).map(publicKey),
+    index: values.index,
+    ipfsApi: values['ipfs-api'] === undefined ? undefined : httpUrl(values['ipfs-api'], '--ipfs-api'),
+    torrent: values.torrent ?? false,
+    announce: values.announce ?? [],
+    verifyFirstBelow:
+      values['verify-first-below'] === undefined
+        ? DEFAULT_VERIFY_FIRST_BELOW
+        : count(values['verify-first-below'], '--verify-first-below', Number.MAX_SAFE_INTEGER),
+    priority: values.priority === undefined ? DEFAULT_PRIORITY : count(values.priority, '--priority', 1_000_000),
+  }
+  if (result.help) return result
+  if (result.upstreams.length === 0) throw new ProxyUsageError('at least one --upstream URL is needed')
+  if (result.index === '') throw new ProxyUsageError('--index: empty path')
+  if (result.announce.length > 0 && !result.torrent) throw new ProxyUsageError('--announce needs --torrent')
+  return result
+}
+
+function parse(args: string[]) {
+  return parseArgs({
+    args,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      listen: { type: 'string' },
+      upstream: { type: 'string', multiple: true },
+      'trusted-public-key': { type: 'string', multiple: true },
+      index: { type: 'string' },
+      'ipfs-api': { type: 'string' },
+      torrent: { type: 'boolean' },
+      announce: { type: 'string', multiple: true },
+      'verify-first-below': { type: 'string' },
+      priority: { type: 'string' },
+    },
+  })
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env node
+import type { NarBackend } from '@narrace/core'
+import { openIndex, type NarIndex } from '@narrace/index'
+import { parseProxyArgs, ProxyUsageError, USAGE, type ProxyArgs } from './args.js'
+import { createProxy } from './proxy.js'
+
+/** Backends that own resources the proxy must release on exit. */
+interface Closable extends NarBackend {
+  close?(): Promise<void>
+}
+
+/** The parts of the p2p packages the proxy uses; they are loaded only when a flag asks for them. */
+interface IpfsModule {
+  ipfsBackend(options: { api: string; index: NarIndex }): Closable
+}
+interface TorrentModule {
+  torrentBackend(options: { index: NarIndex; announce: string[] }): Closable
+}
+
+function fail(text: string): never {
+  process.stderr.write(`narrace-proxy: ${text}\n`)
+  process.exit(2)
+}
+
+/** Loads a p2p package only when its flag asks for it, so that the proxy starts fast without them. */
+async function load<T>(name: string, flag: string): Promise<T> {
+  try {
+    return (await import(name)) as T
+  } catch (error) {
+    return fail(`${flag} is not available: ${name} could not be loaded (${(error as Error).message.split('\n')[0]})`)
+  }
+}
+
+async function p2pBackends(args: ProxyArgs, index: NarIndex): Promise<Closable[]> {
+  const backends: Closable[] = []
+  if (args.ipfsApi !== undefined) {
+    const { ipfsBackend } = await load<IpfsModule>('@narrace/ipfs', '--ipfs-api')
+    backends.push(ipfsBackend({ api: args.ipfsApi, index }))
+  }
+  if (args.torrent) {
+    const { torrentBackend } = await load<TorrentModule>('@narrace/torrent', '--torrent')
+    backends.push(torrentBackend({ index, announce: args.announce }))
+  }
+  return backends
+}
+
+async function main(): Promise<void> {
+  let args: ProxyArgs
+  try {
+    args = parseProxyArgs(process.argv.slice(2))
+  } catch (error) {
+    if (error instanceof ProxyUsageError) fail(`${error.message} (see --help)`)
+    throw error
+  }
+  if (args.help) {
+    process.stdout.write(USAGE)
+    return
+  }
+  let index: NarIndex
+  try {
+    index = openIndex(args.index)
+  } catch (error) {
+    fail(`--index: ${(error as Error).message.split('\n')[0]}`)
+  }
+  const backends = await p2pBackends(args, index)
+  const proxy = createProxy({
+    upstreams: args.upstreams,
+    trustedPublicKeys: args.trustedPublicKeys,
+    index,
+    backends,
+    listen: args.listen,
+    verifyFirstBelow: args.verifyFirstBelow,
+    priority: args.priority,
+  })
+  const url = await proxy.listen().catch((error: Error) => fail(`--listen: ${error.message}`))
+  process.stdout.write(`narrace proxy listening on ${url}\n`)
+
+  const stop = async (): Promise<void> => {
+    await proxy.close()
+    await Promise.all(backends.map((backend) => backend.close?.()))
+    index.close()
+    process.exit(0)
+  }
+  process.once('SIGINT', () => void stop())
+  process.once('SIGTERM', () => void stop())
+}
+
+await main()

@@ -1,0 +1,65 @@
+/** Nix's base-32 alphabet: hash parts and FileHashes use nothing else. */
+const NIX32 = '0123456789abcdfghijklmnpqrsvwxyz'
+const HASH_PART = new RegExp(`^[${NIX32}]{32}$`)
+/** A NAR file name as binary caches write it: `nar/<name>.nar[.<compression>]`. */
+const NAR_PATH = /^nar\/([0-9a-z]{1,64})\.nar(?:\.(?:xz|zst|bz2|lz4|br))?$/
+/** Query strings some caches put in their narinfo URL (harmonia's `?hash=`): plain words only. */
+const NAR_QUERY = /^[A-Za-z0-9_=&-]{1,128}$/
+
+/** Longest request target served; a Nix request is never near it. */
+export const MAX_URL_LENGTH = 1024
+
+export type Route =
+  | { kind: 'cache-info' }
+  | { kind: 'healthz' }
+  | { kind: 'metrics' }
+  | { kind: 'narinfo'; hashPart: string }
+  /** `path` is relative to the cache, as in a narinfo's URL field: `nar/<name>.nar.xz[?query]`. */
+  | { kind: 'nar'; path: string; name: string }
+  | { kind: 'reject'; status: 400 | 404 | 405; reason: string }
+
+const reject = (status: 400 | 404 | 405, reason: string): Route => ({ kind: 'reject', status, reason })
+
+/**
+ * Maps a request to what the proxy does with it, before any backend is involved. Anything that is not
+ * plainly one of the routes is refused here: traversal, percent-encoding, odd characters or lengths.
+ */
+export function routeRequest(method: string | undefined, target: string | undefined): Route {
+  if (method !== 'GET' && method !== 'HEAD') return reject(405, `method ${method ?? '?'} not allowed`)
+  if (target === undefined || target.length === 0) return reject(400, 'empty request target')
+  if (target.length > MAX_URL_LENGTH) return reject(400, `request target longer than ${MAX_URL_LENGTH}`)
+  // Only origin-form targets; no Nix path needs escaping, so any '%' is an attempt to smuggle one.
+  if (!target.startsWith('/') || target.startsWith('//')) return reject(400, 'not an origin-form request target')
+  if (/[%\\\0-\x20\x7f-\uffff]/.test(target)) return reject(400, 'escaped or unsafe characters in request target')
+
+  const q = target.indexOf('?')
+  const pathname = q === -1 ? target : target.slice(0, q)
+  const query = q === -1 ? '' : target.slice(q + 1)
+  if (pathname.split('/').some((segment) => segment === '..' || segment === '.')) {
+    return reject(400, 'dot segments in request target')
+  }
+
+  if (pathname.startsWith('/nar/')) {
+    const path = pathname.slice(1)
+    const match = NAR_PATH.exec(path)
+    if (!match) return reject(400, 'not a NAR file name')
+    if (query !== '' && !NAR_QUERY.test(query)) return reject(400, 'unexpected query string')
+    return { kind: 'nar', path: query === '' ? path : `${path}?${query}`, name: match[1]! }
+  }
+  if (query !== '') return reject(404, 'no such resource')
+  if (pathname.endsWith('.narinfo')) {
+    const hashPart = pathname.slice(1, -'.narinfo'.length)
+    if (!HASH_PART.test(hashPart)) return reject(400, 'not a 32-character nix32 store hash')
+    return { kind: 'narinfo', hashPart }
+  }
+  switch (pathname) {
+    case '/nix-cache-info':
+      return { kind: 'cache-info' }
+    case '/healthz':
+      return { kind: 'healthz' }
+    case '/metrics':
+      return { kind: 'metrics' }
+    default:
+      return reject(404, 'no such resource')
+  }
+}

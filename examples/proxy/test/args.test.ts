@@ -1,0 +1,74 @@
+import { describe, expect, it } from 'vitest'
+import { DEFAULT_PRIORITY, DEFAULT_VERIFY_FIRST_BELOW, parseProxyArgs, ProxyUsageError } from '../src/args.js'
+
+const key = 'narrace-test-1:YZ/zkSVchtgpVRzyLLqyMFCKorcByGwjUXf5v27jw8s='
+
+describe('parseProxyArgs', () => {
+  it('reads every flag', () => {
+    const args = parseProxyArgs([
+      '--listen', '127.0.0.1:0',
+      '--upstream', 'http://127.0.0.1:1/',
+      '--upstream', 'https://cache.example.org',
+      '--trusted-public-key', key,
+      '--index', 'map.sqlite',
+      '--ipfs-api', 'http://127.0.0.1:5001',
+      '--torrent',
+      '--announce', 'http://127.0.0.1:8000/announce',
+      '--verify-first-below', '1024',
+      '--priority', '10',
+    ])
+    expect(args).toEqual({
+      help: false,
+      listen: { host: '127.0.0.1', port: 0 },
+      upstreams: ['http://127.0.0.1:1', 'https://cache.example.org'],
+      trustedPublicKeys: [key],
+      index: 'map.sqlite',
+      ipfsApi: 'http://127.0.0.1:5001',
+      torrent: true,
+      announce: ['http://127.0.0.1:8000/announce'],
+      verifyFirstBelow: 1024,
+      priority: 10,
+    })
+  })
+
+  it('has defaults, and takes the separator pnpm passes through', () => {
+    const args = parseProxyArgs(['--', '--upstream', 'http://127.0.0.1:1', '--listen', '[::1]:8080'])
+    expect(args.listen).toEqual({ host: '::1', port: 8080 })
+    expect(args.verifyFirstBelow).toBe(DEFAULT_VERIFY_FIRST_BELOW)
+    expect(args.verifyFirstBelow).toBe(8 * 1024 * 1024)
+    expect(args.priority).toBe(DEFAULT_PRIORITY)
+    expect(args.torrent).toBe(false)
+  })
+
+  it('needs no upstream for --help', () => {
+    expect(parseProxyArgs(['--help']).help).toBe(true)
+  })
+
+  it.each([
+    [[], /--upstream/],
+    [['--upstream', 'http://a', '--bogus'], /bogus/],
+    [['--upstream', 'http://a', 'stray'], /stray/],
+    [['--upstream', 'ftp://a'], /http/],
+    [['--upstream', 'not a url'], /not a URL/],
+    [['--upstream'], /upstream/],
+    [['--upstream', 'http://a', '--listen', 'localhost'], /HOST:PORT/],
+    [['--upstream', 'http://a', '--listen', '127.0.0.1:70000'], /65535/],
+    [['--upstream', 'http://a', '--verify-first-below', '-1'], /verify-first-below/],
+    [['--upstream', 'http://a', '--verify-first-below', '8MiB'], /verify-first-below/],
+    [['--upstream', 'http://a', '--priority', 'x'], /priority/],
+    [['--upstream', 'http://a', '--trusted-public-key', 'nokey'], /trusted-public-key/],
+    [['--upstream', 'http://a', '--trusted-public-key', 'k:c2hvcnQ='], /trusted-public-key/],
+    [['--upstream', 'http://a', '--announce', 'http://t/announce'], /--torrent/],
+    [['--upstream', 'http://a', '--index', ''], /index/],
+  ])('refuses %j with a one-line error', (argv, pattern) => {
+    let caught: unknown
+    try {
+      parseProxyArgs(argv as string[])
+    } catch (error) {
+      caught = error
+    }
+    expect(caught).toBeInstanceOf(ProxyUsageError)
+    expect((caught as Error).message).toMatch(pattern)
+    expect((caught as Error).message).not.toContain('\n')
+  })
+})
