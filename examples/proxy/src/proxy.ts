@@ -21,6 +21,7 @@ import { DEFAULT_PRIORITY, DEFAULT_VERIFY_FIRST_BELOW } from './args.js'
 import { ProxyMetrics, type NarOutcome } from './metrics.js'
 import { routeRequest, type Route } from './routes.js'
 
+export const DEFAULT_NARINFO_TIMEOUT_MS = 10_000
 /** Largest request head accepted; larger ones get a 400 before routing. */
 export const MAX_HEADER_BYTES = 16 * 1024
 /** narinfo URLs remembered for caches whose NAR file names are not the FileHash. */
@@ -47,6 +48,8 @@ export interface ProxyOptions {
   priority?: number
   /** How long a narinfo that was found (and verified) is served from memory; 0 turns that off. @default 1 hour */
   narInfoTtlMs?: number
+  /** A narinfo lookup that no upstream finishes within this long answers 504, so Nix never waits on a hung cache. @default 10000 */
+  narInfoTimeoutMs?: number
   /** Passed to `resolveNar`. @default its own (30 s) */
   stallTimeoutMs?: number
   /** @default pino at info level on stdout */
@@ -216,8 +219,14 @@ export function createProxy(options: ProxyOptions): Proxy {
       return
     }
     const { signal, done } = requestSignal(res)
+    const timeout = AbortSignal.timeout(options.narInfoTimeoutMs ?? DEFAULT_NARINFO_TIMEOUT_MS)
     try {
-      const found = await resolveNarInfo(hashPart, { caches: options.upstreams, trustedKeys, signal, dispatcher: narInfoAgent })
+      const found = await resolveNarInfo(hashPart, {
+        caches: options.upstreams,
+        trustedKeys,
+        signal: AbortSignal.any([signal, timeout]),
+        dispatcher: narInfoAgent,
+      })
       remember(found.narInfo)
       if (narInfoTtlMs > 0) {
         narInfos.delete(hashPart)
@@ -228,6 +237,12 @@ export function createProxy(options: ProxyOptions): Proxy {
       sendText(res, head, 200, found.text, NARINFO_TYPE)
     } catch (error) {
       if (signal.aborted) return
+      if (timeout.aborted) {
+        metrics.narinfoRequests.inc({ outcome: 'failed' })
+        logger.warn({ hashPart }, 'narinfo timed out')
+        sendText(res, head, 504, `no upstream answered for ${hashPart} in time\n`)
+        return
+      }
       const notFound = isNotFound(error)
       metrics.narinfoRequests.inc({ outcome: notFound ? 'not_found' : 'failed' })
       if (!notFound) logger.warn({ hashPart, err: error }, 'narinfo failed')

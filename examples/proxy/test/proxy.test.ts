@@ -122,6 +122,13 @@ describe('the substituter proxy', () => {
     expect((await get(`${proxy.url}/${small.hashPart}.narinfo`)).status).toBe(404)
   })
 
+  it('answers 504 when no upstream finishes a narinfo within narInfoTimeoutMs', async () => {
+    upstream.setFaults({ firstByteDelayMs: 5_000 })
+    const proxy = await start({ narInfoTimeoutMs: 100 })
+    const answer = await get(`${proxy.url}/${small.hashPart}.narinfo`)
+    expect(answer.status).toBe(504)
+  })
+
   it('answers 502 for a narinfo when no upstream can be reached', async () => {
     const proxy = await start({ upstreams: [await refusedUrl()] })
     expect((await get(`${proxy.url}/${small.hashPart}.narinfo`)).status).toBe(502)
