@@ -34,10 +34,13 @@ export class NarNotFoundError extends NarraceError {
 
 /** Thrown when the bytes don't hash to the FileHash. */
 export class NarHashMismatchError extends NarraceError {
-  override name = 'NarHashMismatchError' as const
-  override readonly code = 'NARRACE_HASH_MISMATCH' as const
+  override name: 'NarHashMismatchError' | 'NarSizeMismatchError' = 'NarHashMismatchError'
+  override readonly code: 'NARRACE_HASH_MISMATCH' | 'NARRACE_SIZE_MISMATCH' = 'NARRACE_HASH_MISMATCH'
+  /** The FileHash, `sha256:<nix32>`. */
   readonly expected: string
+  /** The SHA-256 of the bytes received; empty when a size mismatch stopped the download first. */
   readonly actual: string
+  /** The backends whose bytes were hashed. */
   readonly sources: string[]
 
   constructor(
@@ -51,17 +54,23 @@ export class NarHashMismatchError extends NarraceError {
   }
 }
 
-/** Thrown when a source delivers more or fewer bytes than the FileSize. */
-export class NarSizeMismatchError extends NarraceError {
+/**
+ * Thrown when a source delivers or announces more or fewer bytes than the FileSize. A file of the wrong
+ * length can't hash to the FileHash, so this is a hash mismatch found early, and extends that class.
+ */
+export class NarSizeMismatchError extends NarHashMismatchError {
   override name = 'NarSizeMismatchError' as const
   override readonly code = 'NARRACE_SIZE_MISMATCH' as const
-  readonly expected: number
-  readonly actual: number
+  readonly expectedSize: number
+  readonly actualSize: number
 
-  constructor(message: string, options: { expected: number; actual: number; cause?: unknown }) {
-    super(message, options)
-    this.expected = options.expected
-    this.actual = options.actual
+  constructor(
+    message: string,
+    options: { expected: number; actual: number; hash?: string; sources?: string[]; cause?: unknown },
+  ) {
+    super(message, { expected: options.hash ?? '', actual: '', sources: options.sources ?? [], cause: options.cause })
+    this.expectedSize = options.expected
+    this.actualSize = options.actual
   }
 }
 

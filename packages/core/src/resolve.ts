@@ -146,7 +146,6 @@ class Download {
     if (
       error instanceof NarNotFoundError ||
       error instanceof NarHashMismatchError ||
-      error instanceof NarSizeMismatchError ||
       entry.strikes >= MAX_STRIKES
     ) {
       entry.dead = true
@@ -283,7 +282,7 @@ class Download {
       if (this.expected !== undefined && source.size !== this.expected) {
         throw new NarSizeMismatchError(
           `${name} offers ${source.size} bytes of ${this.hash}, expected ${this.expected}`,
-          { expected: this.expected, actual: source.size },
+          { expected: this.expected, actual: source.size, hash: this.hash.toString(), sources: [name] },
         )
       }
     }
@@ -348,7 +347,7 @@ class Download {
             await this.failover(
               new NarSizeMismatchError(
                 `${active.entry.name} ended at byte ${this.bytesRead} of ${this.expected} of ${this.hash}`,
-                { expected: this.expected, actual: this.bytesRead },
+                { expected: this.expected, actual: this.bytesRead, hash: this.hash.toString(), sources: [...this.sources] },
               ),
             )
             continue
@@ -366,7 +365,12 @@ class Download {
       if (this.expected !== undefined && this.bytesRead + chunk.length > this.expected) {
         throw new NarSizeMismatchError(
           `${active.entry.name} sent more than the ${this.expected} bytes of ${this.hash}`,
-          { expected: this.expected, actual: this.bytesRead + chunk.length },
+          {
+            expected: this.expected,
+            actual: this.bytesRead + chunk.length,
+            hash: this.hash.toString(),
+            sources: [...this.sources, active.entry.name].filter((v, i, all) => all.indexOf(v) === i),
+          },
         )
       }
       if (this.sources.at(-1) !== active.entry.name && !this.sources.includes(active.entry.name)) {
@@ -517,7 +521,7 @@ export async function resolveNar(hash: string | NarHash, options: ResolveNarOpti
         return new Stream(download, chunks)
       } catch (error) {
         if (options.signal?.aborted) throw options.signal.reason
-        if (!(error instanceof NarHashMismatchError || error instanceof NarSizeMismatchError)) throw error
+        if (!(error instanceof NarHashMismatchError)) throw error
         await download.restart(error)
       }
     }

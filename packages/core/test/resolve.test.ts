@@ -14,8 +14,37 @@ import { collect, sample, scripted } from './backends.js'
 
 const { data, hash } = sample(64 * 1024)
 
-function timers(): number {
-  return process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length
+/**
+ * Counts the timers that code under test set with the global setTimeout and has neither cleared nor seen
+ * fire. The test runner's own timers come and go during a test, so a global count would be flaky.
+ */
+function trackTimers(): { live: () => number; [Symbol.dispose]: () => void } {
+  const { setTimeout: set, clearTimeout: clear } = globalThis
+  const live = new Set<unknown>()
+  globalThis.setTimeout = ((fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+    const id = set((...a: unknown[]) => {
+      live.delete(id)
+      fn(...a)
+    }, ms, ...args)
+    live.add(id)
+    return id
+  }) as typeof setTimeout
+  globalThis.clearTimeout = ((id: Parameters<typeof clearTimeout>[0]) => {
+    live.delete(id)
+    clear(id)
+  }) as typeof clearTimeout
+  return {
+    live: () => live.size,
+    [Symbol.dispose]: () => {
+      globalThis.setTimeout = set
+      globalThis.clearTimeout = clear
+    },
+  }
+}
+
+/** Sockets, file handles and the like: everything active but timers. */
+function handles(): number {
+  return process.getActiveResourcesInfo().filter((r) => r !== 'Timeout' && r !== 'Immediate').length
 }
 
 describe('resolveNar: the race', () => {
@@ -182,7 +211,9 @@ describe('resolveNar: verification', () => {
     const stream = await resolveNar(hash, { backends: [scripted('long', data)], size: data.length - 10 })
     const error = await collect(stream).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(NarSizeMismatchError)
-    expect(error).toMatchObject({ code: 'NARRACE_SIZE_MISMATCH', expected: data.length - 10 })
+    expect(error).toMatchObject({ code: 'NARRACE_SIZE_MISMATCH', expectedSize: data.length - 10, expected: hash.toString() })
+    // a file of the wrong length can't hash to the FileHash
+    expect(error).toBeInstanceOf(NarHashMismatchError)
   })
 
   it('throws NarSizeMismatchError on a short end with no other source to take over', async () => {
@@ -192,7 +223,14 @@ describe('resolveNar: verification', () => {
     })
     const error = await collect(stream).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(NarSizeMismatchError)
-    expect(error).toMatchObject({ expected: data.length, actual: 5000 })
+    expect(error).toMatchObject({ expectedSize: data.length, actualSize: 5000, sources: ['short'] })
+  })
+
+  it('rejects with the size mismatch when every backend announces the wrong size', async () => {
+    const liar = scripted('liar', data, { announceSize: data.length + 1 })
+    const error = await resolveNar(hash, { backends: [liar], size: data.length }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarSizeMismatchError)
+    expect(error).toMatchObject({ expectedSize: data.length, actualSize: data.length + 1 })
   })
 
   it('without a FileSize, a truncated body fails the hash check', async () => {
@@ -317,9 +355,9 @@ describe('resolveNar: verify first', () => {
 
 describe('resolveNar: cancellation', () => {
   it('cancels every backend when the consumer leaves the loop early', async () => {
+    using timers = trackTimers()
     const a = scripted('a', data, { chunkDelayMs: 2 })
     const b = scripted('b', data, { chunkDelayMs: 50 })
-    const before = timers()
     const stream = await resolveNar(hash, { backends: [a, b] })
     for await (const chunk of stream) {
       expect(chunk.length).toBeGreaterThan(0)
@@ -329,11 +367,12 @@ describe('resolveNar: cancellation', () => {
     expect(b.calls[0]!.signal.aborted).toBe(true)
     await delay(10)
     expect(a.closed + b.closed).toBe(2)
-    expect(timers()).toBe(before)
+    expect(timers.live()).toBe(0)
   })
 
   it('rejects with signal.reason on an abort mid-stream and leaves no handle behind', async () => {
-    const before = process.getActiveResourcesInfo().length
+    using timers = trackTimers()
+    const before = handles()
     const controller = new AbortController()
     const a = scripted('a', data, { chunkDelayMs: 5, chunkSize: 1024 })
     const b = scripted('b', data, { stallAt: 0 })
@@ -348,7 +387,8 @@ describe('resolveNar: cancellation', () => {
     expect(a.calls[0]!.signal.aborted).toBe(true)
     await delay(20)
     expect(a.closed).toBe(1)
-    expect(process.getActiveResourcesInfo().length).toBe(before)
+    expect(timers.live()).toBe(0)
+    expect(handles()).toBe(before)
   })
 
   it('rejects with signal.reason when aborted during the race', async () => {
@@ -369,15 +409,14 @@ describe('resolveNar: cancellation', () => {
   })
 
   it('leaves no timers behind after a race with stall timers and hedges', async () => {
-    const before = timers()
+    using timers = trackTimers()
     const stream = await resolveNar(hash, {
       backends: [scripted('a', data), scripted('b', data, { latencyMs: 100 }), scripted('c', data)],
       hedge: { c: 500 },
       stallTimeoutMs: 5000,
     })
     await collect(stream)
-    await delay(5)
-    expect(timers()).toBe(before)
+    expect(timers.live()).toBe(0)
   })
 
   it('closes the body of a loser that answers only after it was aborted', async () => {
