@@ -1,6 +1,7 @@
 import {
   NarBackendError,
   NarSizeMismatchError,
+  parseNarHash,
   type NarBackend,
   type NarFetchOptions,
   type NarHash,
@@ -14,6 +15,9 @@ const noop = (): void => {}
 
 /** How long a TCP (and TLS) connect to a cache may take before it counts as failed. */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 3000
+
+/** The longest delay setTimeout honours. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1
 
 export interface HttpBackendOptions {
   /** The binary cache, e.g. `https://cache.nixos.org` or `http://host/cache/`. */
@@ -51,9 +55,17 @@ export interface HttpBackend extends NarBackend {
  * NarSizeMismatchError before any byte is delivered.
  */
 export function httpBackend(options: HttpBackendOptions): HttpBackend {
-  const base = cacheBase(options.url)
+  const base = cacheBase(options?.url)
   const name = options.name ?? options.url
-  const connect = { timeout: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS }
+  const timeout = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS
+  // undici takes any value here and hands it to setTimeout, which makes NaN, negatives, Infinity and
+  // anything over 2^31 - 1 ms into 1 ms: every connect would fail at once.
+  if (typeof timeout !== 'number' || !(timeout > 0 && timeout <= MAX_TIMEOUT_MS)) {
+    throw new RangeError(
+      `connectTimeoutMs must be a number of milliseconds from 1 to ${MAX_TIMEOUT_MS}, got ${String(timeout)}`,
+    )
+  }
+  const connect = { timeout }
   const pool = options.dispatcher ? undefined : new Pool(base.origin, { connect })
   // Only for NAR URLs and redirects that leave the cache's origin: made on first use.
   let elsewhere: Agent | undefined
@@ -69,11 +81,14 @@ export function httpBackend(options: HttpBackendOptions): HttpBackend {
     url: base.href,
 
     async fetch(hash: NarHash, fetchOptions: NarFetchOptions): Promise<NarSource> {
-      const { signal, size } = fetchOptions
-      const offset = fetchOptions.offset ?? 0
-      signal.throwIfAborted()
+      // resolveNar always passes a NarHash and a signal; a direct caller may not.
+      const { signal, size, url: narUrl } = (fetchOptions ?? {}) as Partial<NarFetchOptions>
+      const offset = fetchOptions?.offset ?? 0
+      signal?.throwIfAborted()
       // As in Nix, a narinfo URL may also be absolute.
-      const target = new URL(fetchOptions.url ?? `nar/${hash.nix32}.nar.xz`, base)
+      const relative = narUrl ?? `nar/${parseNarHash(hash).nix32}.nar.xz`
+      const target = URL.parse(relative, base.href)
+      if (!target) throw new NarBackendError(`${name}: invalid NAR URL '${relative}'`, { backend: name })
       if (target.protocol !== 'http:' && target.protocol !== 'https:') {
         throw new NarBackendError(`${name}: the NAR URL ${target.href} is not http(s)`, { backend: name })
       }
@@ -147,7 +162,12 @@ function numberHeader(value: string | string[] | undefined): number | undefined 
 }
 
 /** The response body as narrace wants it: leaving the loop or aborting ends the request at once. */
-function readBody(body: Readable, url: string, name: string, signal: AbortSignal): AsyncIterable<Uint8Array> {
+function readBody(
+  body: Readable,
+  url: string,
+  name: string,
+  signal: AbortSignal | undefined,
+): AsyncIterable<Uint8Array> {
   return {
     [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
       const iterator = body[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>

@@ -21,7 +21,7 @@ export interface ClosureEntry {
 export interface ClosureMiss {
   /** The full store path when a referrer named it, else the hash part that was asked for. */
   storePath: string
-  /** NarNotFoundError when every cache said 404; NarBackendError when some failed or lied. */
+  /** NarNotFoundError when every cache said 404; InvalidNarInfoError when the rest lied; else NarBackendError. */
   error: unknown
 }
 

@@ -60,15 +60,17 @@ function defaultDispatcher(): Dispatcher {
  * asked for, and verifies (when `trustedKeys` is given) wins; the other requests are aborted.
  *
  * Rejects with InvalidNarHashError for a malformed hash part, NarNotFoundError when every cache says
- * 403/404/410, and otherwise NarBackendError whose message says why each cache failed (its `cause` is an
- * AggregateError of those errors, in the order of `caches`).
+ * 403/404/410, InvalidNarInfoError when the others sent garbage or a narinfo without a trusted signature,
+ * and otherwise NarBackendError. The message says why each cache failed; `cause` is an AggregateError of
+ * those errors, in the order of `caches`.
  */
 export async function resolveNarInfo(hashPart: string, options: ResolveNarInfoOptions): Promise<ResolvedNarInfo> {
   if (!isStoreHashPart(hashPart)) {
     throw new InvalidNarHashError(`'${hashPart}' is not a store hash part: 32 characters of Nix's base-32 alphabet`)
   }
-  const outer = options.signal
+  const outer = options?.signal
   outer?.throwIfAborted()
+  if (!Array.isArray(options?.caches)) throw new TypeError('resolveNarInfo needs options.caches, an array of cache URLs')
   const caches = options.caches.map((cache) => ({ cache, base: cacheBase(cache) }))
   if (caches.length === 0) throw new NarNotFoundError(`no cache to ask for ${hashPart}.narinfo`)
   const dispatcher = options.dispatcher ?? defaultDispatcher()
@@ -91,9 +93,12 @@ export async function resolveNarInfo(hashPart: string, options: ResolveNarInfoOp
       throw new NarNotFoundError(`no cache has ${hashPart}.narinfo`, { errors })
     }
     const reasons = errors.map((e) => (e instanceof Error ? e.message : String(e))).join('; ')
-    throw new NarBackendError(`no cache gave a valid ${hashPart}.narinfo: ${reasons}`, {
-      cause: new AggregateError(errors, `${hashPart}.narinfo failed on every cache`),
-    })
+    const cause = new AggregateError(errors, `${hashPart}.narinfo failed on every cache`)
+    // Every cache that answered sent a bad narinfo: that, not the network, is what went wrong.
+    if (errors.every((e) => e instanceof NarNotFoundError || e instanceof InvalidNarInfoError)) {
+      throw new InvalidNarInfoError(`no cache gave a valid ${hashPart}.narinfo: ${reasons}`, { cause })
+    }
+    throw new NarBackendError(`no cache gave a valid ${hashPart}.narinfo: ${reasons}`, { cause })
   } finally {
     race.abort(new NarraceError(`${hashPart}.narinfo already resolved`))
   }

@@ -72,6 +72,13 @@ describe('httpBackend', () => {
     expect(a.requests[0]!.range).toBeUndefined()
   })
 
+  it('passes the bytes on as stored when the server labels them with a Content-Encoding', async () => {
+    const cache = backend(a.url)
+    a.setFaults({ headers: { 'content-encoding': 'gzip' } }, mid.url)
+    const stream = await resolveNar(mid.fileHash, { backends: [cache], size: mid.fileSize })
+    expect(sha256(await drain(stream))).toBe(mid.fileHashHex)
+  })
+
   it('fetches nar/<nix32>.nar.xz without a URL, the narinfo URL relative to a prefixed cache, or absolute', async () => {
     const cache = backend(prefixed.url.replace(/\/$/, ''), 'prefixed')
     const controller = new AbortController()
@@ -150,6 +157,12 @@ describe('httpBackend', () => {
     }
   })
 
+  it('refuses a connectTimeoutMs that setTimeout would turn into 1 ms', () => {
+    for (const connectTimeoutMs of [0, -1, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 31, '100' as never]) {
+      expect(() => httpBackend({ url: a.url, connectTimeoutMs })).toThrow(RangeError)
+    }
+  })
+
   it('rejects a Content-Length that contradicts the narinfo size before any byte', async () => {
     const cache = backend(a.url)
     const error = await cache
@@ -162,6 +175,8 @@ describe('httpBackend', () => {
   it('rejects a URL that is not http(s): the cache URL when it is made, a NAR URL when asked', async () => {
     expect(() => httpBackend({ url: 'ftp://127.0.0.1/' })).toThrow(NarBackendError)
     expect(() => httpBackend({ url: 'not a url' })).toThrow(NarBackendError)
+    expect(() => httpBackend(undefined as never)).toThrow(NarBackendError)
+    expect(() => httpBackend({} as never)).toThrow(NarBackendError)
     const signal = new AbortController().signal
     await expect(backend(a.url).fetch(hash('small'), { signal, url: 'file:///etc/hostname' })).rejects.toBeInstanceOf(
       NarBackendError,
@@ -187,6 +202,19 @@ describe('httpBackend', () => {
     expect(loop).toBeInstanceOf(NarBackendError)
     expect((loop as Error).message).toMatch(/redirects/)
     expect(prefixed.requests.length).toBe(2 + 1 + MAX_REDIRECTS)
+  })
+
+  it('takes a call without a signal or with a hash string, and refuses a NAR URL that does not parse', async () => {
+    const cache = backend(a.url)
+    const small = fixtures.path('small')
+    const source = await cache.fetch(small.fileHash as never, {} as never)
+    expect(source).toMatchObject({ offset: 0, size: small.fileSize })
+    const bytes: Uint8Array[] = []
+    for await (const chunk of source.body) bytes.push(chunk)
+    expect(sha256(Buffer.concat(bytes))).toBe(small.fileHashHex)
+    const signal = new AbortController().signal
+    await expect(cache.fetch(hash('small'), { signal, url: 'http://[::1' })).rejects.toBeInstanceOf(NarBackendError)
+    expect(a.requests.map((r) => r.path)).toEqual([`/${small.url}`])
   })
 
   it('sends extra headers', async () => {

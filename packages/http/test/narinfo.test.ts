@@ -119,6 +119,34 @@ describe('resolveNarInfo', () => {
     expect((error as Error).message).toMatch(/signature/)
   })
 
+  it('rejects with InvalidNarInfoError when the caches that answered all lied', async () => {
+    honest.setFaults({ status: 404 })
+    for (const body of [tampered(), 'garbage\n']) {
+      liar.setFaults({ body }, narinfoPath)
+      const error = await resolveNarInfo(small.hashPart, { caches: [liar.url, honest.url], trustedKeys, dispatcher })
+        .catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(InvalidNarInfoError)
+      expect((error as InvalidNarInfoError).code).toBe('NARRACE_INVALID_NARINFO')
+      expect(((error as Error).cause as AggregateError).errors[1]).toBeInstanceOf(NarNotFoundError)
+    }
+  })
+
+  it('rejects a missing caches list or a cache URL that is not http(s) before asking anyone', async () => {
+    const bad = [
+      undefined,
+      {},
+      { caches: 'http://127.0.0.1:1/' },
+      { caches: ['ftp://example.org/'] },
+      { caches: ['not a url'] },
+    ]
+    for (const options of bad) {
+      const error = await resolveNarInfo(small.hashPart, options as never).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(Error)
+      expect((error as Error).message).toMatch(/caches|cache URL/)
+    }
+    await expect(resolveNarInfo(small.hashPart, { caches: [] })).rejects.toBeInstanceOf(NarNotFoundError)
+  })
+
   it('checks the hash part before asking anyone', async () => {
     for (const bad of ['', 'abc', small.hashPart.toUpperCase(), `${small.hashPart.slice(0, 31)}e`, small.storePath]) {
       await expect(resolveNarInfo(bad, { caches: [honest.url], dispatcher })).rejects.toBeInstanceOf(InvalidNarHashError)

@@ -1,7 +1,7 @@
 import { DatabaseSync, type StatementSync } from 'node:sqlite'
 import { debuglog } from 'node:util'
 import { parseNarHash, type NarHash } from '@narrace/core'
-import { NarIndexSchemaError } from './errors.js'
+import { InvalidNarLocationError, NarIndexSchemaError } from './errors.js'
 import { LOCATION_KEYS, normalizeLocation, type NarLocation } from './location.js'
 
 /** The schema this code writes. A file with a higher version is refused rather than misread. */
@@ -38,9 +38,10 @@ export interface NarIndex {
   /** Removes the mapping; true if there was one. */
   delete(hash: NarHash | string): boolean
   /**
-   * Imports NDJSON mappings in one transaction. Takes the whole text, or an iterable of strings each
-   * holding one or more whole lines (as `readline` yields them). Blank lines are skipped; a bad line is
-   * rejected whole and the rest still apply. Nothing is written if reading `lines` fails or `signal` aborts.
+   * Imports NDJSON mappings in one transaction. Takes the whole text, or an iterable of strings: lines (as
+   * `readline` yields them) or chunks of text that may split a line (as a stream read as UTF-8 yields them).
+   * Blank lines are skipped; a bad line is rejected whole and the rest still apply. Nothing is written if
+   * reading `lines` fails or `signal` aborts. Throws InvalidNarLocationError for input that is not text.
    */
   import(
     lines: string | Iterable<string> | AsyncIterable<string>,
@@ -202,20 +203,36 @@ class SqliteNarIndex implements NarIndex {
     const accepted: NarLocation[] = []
     let rejected = 0
     let number = 0
-    const source = typeof lines === 'string' ? [lines] : lines
-    for await (const item of source) {
-      checkAborted(signal)
-      for (const line of String(item).split('\n')) {
-        number++
-        if (line.trim() === '') continue
-        try {
-          accepted.push(normalizeLocation(JSON.parse(line)))
-        } catch (error) {
-          rejected++
-          debug('import: line %d rejected: %s', number, error instanceof Error ? error.message : String(error))
-        }
+    const take = (line: string): void => {
+      number++
+      if (line.trim() === '') return
+      try {
+        accepted.push(normalizeLocation(JSON.parse(line)))
+      } catch (error) {
+        rejected++
+        debug('import: line %d rejected: %s', number, error instanceof Error ? error.message : String(error))
       }
     }
+    const source = typeof lines === 'string' ? [lines] : lines
+    const iterable = source as Partial<AsyncIterable<string> & Iterable<string>> | null | undefined
+    if (typeof iterable?.[Symbol.asyncIterator] !== 'function' && typeof iterable?.[Symbol.iterator] !== 'function') {
+      throw new InvalidNarLocationError('import takes NDJSON text, or an iterable or async iterable of strings')
+    }
+    // Items may be whole lines (readline) or chunks that split lines anywhere (a stream read as text): the
+    // text after an item's last newline waits for the next item. An item with no newline, when nothing
+    // waits, is a whole line.
+    let pending = ''
+    for await (const item of source) {
+      checkAborted(signal)
+      const parts = (pending + String(item)).split('\n')
+      if (parts.length === 1 && pending === '') {
+        take(parts[0]!)
+        continue
+      }
+      pending = parts.pop()!
+      for (const line of parts) take(line)
+    }
+    if (pending !== '') take(pending)
     checkAborted(signal)
     let added = 0
     let updated = 0

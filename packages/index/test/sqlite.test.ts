@@ -1,11 +1,13 @@
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { createReadStream } from 'node:fs'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { DatabaseSync } from 'node:sqlite'
 import { fileURLToPath } from 'node:url'
+import { createInterface } from 'node:readline'
 import { promisify } from 'node:util'
 import { parseNarHash, type NarHash } from '@narrace/core'
 import { CID } from 'multiformats/cid'
@@ -170,6 +172,45 @@ describe('openIndex', () => {
       await expect(index.import(lines(false), { signal: controller.signal })).rejects.toThrow('stop')
       expect(index.get(hashOf('a'))).toBeUndefined()
       expect(await index.import(lines(false))).toEqual({ added: 2, updated: 0, rejected: 0 })
+    } finally {
+      index.close()
+    }
+  })
+
+  it('takes a file read as text in chunks that split lines anywhere, or line by line through readline', async () => {
+    const index = openIndex()
+    try {
+      const lines = Array.from({ length: 300 }, (_, i) =>
+        JSON.stringify({ fileHash: hashOf(`chunk-${i}`).toString(), size: i }),
+      )
+      lines[150] = '{"fileHash": "not a hash"}'
+      const file = join(dir, 'chunked.ndjson')
+      await writeFile(file, `${lines.join('\n')}\n`)
+      // 97-byte chunks: almost every line is split across two or three of them.
+      expect(await index.import(createReadStream(file, { encoding: 'utf8', highWaterMark: 97 }))).toEqual({
+        added: 299,
+        updated: 0,
+        rejected: 1,
+      })
+      expect(index.get(hashOf('chunk-299'))?.size).toBe(299)
+      const byLine = createInterface({ input: createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity })
+      expect(await index.import(byLine)).toEqual({ added: 0, updated: 299, rejected: 1 })
+      const split = [`{"fileHash": "${hashOf('first').toString()}"}\n{"fileHash":`, ` "${hashOf('last').toString()}"}`]
+      expect(await index.import(split)).toEqual({ added: 2, updated: 0, rejected: 0 })
+    } finally {
+      index.close()
+    }
+  })
+
+  it('throws InvalidNarLocationError for input that is neither text nor an iterable of it', async () => {
+    const index = openIndex()
+    try {
+      for (const bad of [null, undefined, 42, {}]) {
+        await expect(index.import(bad as never)).rejects.toMatchObject({
+          name: 'InvalidNarLocationError',
+          code: 'NARRACE_INVALID_LOCATION',
+        })
+      }
     } finally {
       index.close()
     }

@@ -1,4 +1,12 @@
-import { NarBackendError, NarNotFoundError, NarraceError, type NarBackend, type NarHash, type NarSource } from '@narrace/core'
+import {
+  NarBackendError,
+  NarNotFoundError,
+  NarraceError,
+  parseNarHash,
+  type NarBackend,
+  type NarHash,
+  type NarSource,
+} from '@narrace/core'
 import type { NarIndex } from '@narrace/index'
 import { CID } from 'multiformats/cid'
 import { narCid } from './cid.js'
@@ -9,6 +17,9 @@ export const DEFAULT_RAW_BLOCK_MAX_BYTES = 1_048_576
 
 /** How long to wait for the first byte before deciding no provider has the file. */
 export const DEFAULT_FIRST_BYTE_TIMEOUT_MS = 10_000
+
+/** The longest delay setTimeout honours. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1
 
 /** Options of `ipfsBackend`. */
 export interface IpfsBackendOptions extends IpfsNodeOptions {
@@ -53,6 +64,16 @@ export function ipfsBackend(options: IpfsBackendOptions = {}): NarBackend {
   const name = options.name ?? 'ipfs'
   const rawBlockMaxBytes = options.rawBlockMaxBytes ?? DEFAULT_RAW_BLOCK_MAX_BYTES
   const firstByteTimeoutMs = options.firstByteTimeoutMs ?? DEFAULT_FIRST_BYTE_TIMEOUT_MS
+  if (!Number.isSafeInteger(rawBlockMaxBytes) || rawBlockMaxBytes < 0) {
+    throw new RangeError(`rawBlockMaxBytes must be an integer ≥ 0, got ${String(rawBlockMaxBytes)}`)
+  }
+  // setTimeout makes NaN, negatives, Infinity and anything over 2^31 - 1 ms into 1 ms: every file would
+  // count as not found.
+  if (typeof firstByteTimeoutMs !== 'number' || !(firstByteTimeoutMs > 0 && firstByteTimeoutMs <= MAX_TIMEOUT_MS)) {
+    throw new RangeError(
+      `firstByteTimeoutMs must be a number of milliseconds from 1 to ${MAX_TIMEOUT_MS}, got ${String(firstByteTimeoutMs)}`,
+    )
+  }
   const index = options.index
 
   function lookup(hash: NarHash, requestSize: number | undefined): { cid: CID; size: number | undefined } {
@@ -67,9 +88,12 @@ export function ipfsBackend(options: IpfsBackendOptions = {}): NarBackend {
 
   return {
     name,
-    async fetch(hash, { signal, offset = 0, size: requestSize }): Promise<NarSource> {
+    async fetch(hash, options): Promise<NarSource> {
+      // resolveNar always passes a NarHash and a signal; a direct caller may not.
+      const { offset = 0, size: requestSize } = options ?? {}
+      const signal = options?.signal ?? new AbortController().signal
       if (signal.aborted) throw signal.reason
-      const { cid, size } = lookup(hash, requestSize)
+      const { cid, size } = lookup(parseNarHash(hash), requestSize)
       // kubo-rpc-client's own `timeout` never fires, so every call is bound by this controller instead.
       const controller = new AbortController()
       const onAbort = (): void => controller.abort(signal.reason)

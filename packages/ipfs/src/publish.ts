@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { parseNarHash } from '@narrace/core'
+import { NarBackendError, parseNarHash } from '@narrace/core'
 import type { NarIndex } from '@narrace/index'
 import { narCid } from './cid.js'
 import { ipfsNode, type IpfsNodeOptions } from './node.js'
@@ -27,6 +27,7 @@ export interface PublishToIpfsResult {
 /**
  * Adds a file (a `.nar.xz`, by path or as bytes) to IPFS with raw leaves, CIDv1 and 1 MiB chunks, so that
  * a file of at most 1 MiB becomes exactly `narCid(fileHash)`. Records the mapping in `options.index`.
+ * A file that can't be read rejects with its own error (ENOENT…); a node that fails, with NarBackendError.
  */
 export async function publishToIpfs(
   file: string | Uint8Array,
@@ -38,22 +39,42 @@ export async function publishToIpfs(
   const hasher = createHash('sha256')
   let size = 0
   let content: Uint8Array | AsyncIterable<Uint8Array>
+  let readError: unknown
   if (typeof file === 'string') {
     // The file is hashed on its way into IPFS, so it is read once.
     content = (async function* () {
-      for await (const chunk of createReadStream(file, { signal })) {
-        const bytes = chunk as Buffer
-        hasher.update(bytes)
-        size += bytes.length
-        yield new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length)
+      try {
+        for await (const chunk of createReadStream(file, { signal })) {
+          const bytes = chunk as Buffer
+          hasher.update(bytes)
+          size += bytes.length
+          yield new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length)
+        }
+      } catch (error) {
+        readError = error
+        throw error
       }
     })()
-  } else {
+  } else if (file instanceof Uint8Array) {
     hasher.update(file)
     size = file.length
     content = file
+  } else {
+    throw new TypeError('publishToIpfs takes a file path or the bytes of the file')
   }
-  const cid = await node.add(content, signal ? { signal } : {})
+  let cid: Awaited<ReturnType<typeof node.add>>
+  try {
+    cid = await node.add(content, signal ? { signal } : {})
+  } catch (error) {
+    if (signal?.aborted) throw signal.reason
+    // A file that can't be read keeps its own error (ENOENT, EISDIR…); anything else is the node's failure.
+    if (readError !== undefined) throw readError
+    const message = error instanceof Error ? error.message : String(error)
+    throw new NarBackendError(`adding to IPFS through ${node.kind} failed: ${message}`, {
+      backend: node.kind,
+      cause: error,
+    })
+  }
   const hash = parseNarHash(hasher.digest('hex'))
   const result: PublishToIpfsResult = {
     cid: cid.toV1().toString(),

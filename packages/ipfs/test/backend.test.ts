@@ -148,6 +148,16 @@ describe('ipfsBackend timeouts and aborts', () => {
   })
 })
 
+describe('ipfsBackend called directly', () => {
+  it('takes a hash string and no signal, as resolveNar never passes them', async () => {
+    const { client, calls } = fakeKubo(new Map([[narCid(smallHash).toString(), small]]))
+    const source = await ipfsBackend({ api: client }).fetch(smallHash.toString() as never, {} as never)
+    expect(source.offset).toBe(0)
+    expect((await readAll(source.body)).equals(Buffer.from(small))).toBe(true)
+    expect(calls.map((call) => call.cid)).toEqual([narCid(smallHash).toString()])
+  })
+})
+
 describe('ipfsBackend options', () => {
   it('wants api or helia, not both', () => {
     const { client } = fakeKubo(new Map())
@@ -155,5 +165,16 @@ describe('ipfsBackend options', () => {
     expect(() => ipfsBackend({ api: client, helia })).toThrow(TypeError)
     expect(() => ipfsBackend({ helia: {} as never })).toThrow(TypeError)
     expect(ipfsBackend({ api: 'http://127.0.0.1:1', name: 'local' }).name).toBe('local')
+  })
+
+  it('refuses timeouts setTimeout would turn into 1 ms, and a rawBlockMaxBytes that is not a size', () => {
+    const { client } = fakeKubo(new Map())
+    for (const firstByteTimeoutMs of [0, -5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 31]) {
+      expect(() => ipfsBackend({ api: client, firstByteTimeoutMs })).toThrow(RangeError)
+    }
+    for (const rawBlockMaxBytes of [-1, 1.5, Number.NaN]) {
+      expect(() => ipfsBackend({ api: client, rawBlockMaxBytes })).toThrow(RangeError)
+    }
+    expect(ipfsBackend({ api: client, rawBlockMaxBytes: 0, firstByteTimeoutMs: 2 ** 31 - 1 }).name).toBe('ipfs')
   })
 })

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { parseNarHash } from '@narrace/core'
+import { NarBackendError, parseNarHash } from '@narrace/core'
 import { openIndex } from '@narrace/index'
 import type { KuboRPCClient } from 'kubo-rpc-client'
 import { describe, expect, it } from 'vitest'
@@ -56,6 +56,28 @@ describe('publishToIpfs', () => {
       expect(adds[0]!.bytes.equals(Buffer.from(bytes))).toBe(true)
     } finally {
       await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('gives NarBackendError when the node fails, and keeps the error of a file that cannot be read', async () => {
+    const failing = {
+      async add() {
+        throw new TypeError('fetch failed')
+      },
+    } as unknown as KuboRPCClient
+    const error = await publishToIpfs(new Uint8Array(10), { api: failing }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarBackendError)
+    expect(error).toMatchObject({ code: 'NARRACE_BACKEND', message: expect.stringMatching(/fetch failed/) })
+    const { client, adds } = fakeKubo()
+    const index = openIndex()
+    try {
+      const missing = join(tmpdir(), 'narrace-publish-missing', 'no.nar.xz')
+      await expect(publishToIpfs(missing, { api: client, index })).rejects.toMatchObject({ code: 'ENOENT' })
+      await expect(publishToIpfs(42 as never, { api: client, index })).rejects.toThrow(TypeError)
+      expect(adds).toEqual([])
+      for await (const line of index.export()) expect.unreachable(`nothing was published, yet the index has ${line}`)
+    } finally {
+      index.close()
     }
   })
 

@@ -36,6 +36,22 @@ const REQUIRED_KEYS = ['StorePath', 'URL', 'NarHash', 'NarSize']
 /** Old narinfos have no Compression line; Nix reads that as bzip2. */
 const DEFAULT_COMPRESSION = 'bzip2'
 
+/**
+ * Rejects what can't be a NarInfo before any field is read, so callers get InvalidNarInfoError rather than a
+ * TypeError. Missing `references` and `sigs` are left to the callers, which read them as empty.
+ */
+export function checkNarInfoObject(info: unknown): asserts info is NarInfo {
+  if (typeof info !== 'object' || info === null || Array.isArray(info)) {
+    throw new InvalidNarInfoError(`a narinfo must be an object, got ${info === null ? 'null' : typeof info}`)
+  }
+  for (const key of ['references', 'sigs'] as const) {
+    const list: unknown = (info as Partial<NarInfo>)[key]
+    if (list !== undefined && (!Array.isArray(list) || list.some((item) => typeof item !== 'string'))) {
+      throw new InvalidNarInfoError(`narinfo ${key} must be an array of strings`)
+    }
+  }
+}
+
 function wrap<T>(line: Line, parse: () => T): T {
   try {
     return parse()
@@ -169,16 +185,17 @@ export function parseNarInfo(text: string): NarInfo {
  * when the result would not parse.
  */
 export function formatNarInfo(info: NarInfo): string {
+  checkNarInfoObject(info)
   const lines: [string, string | number][] = [
     ['StorePath', info.storePath],
     ['URL', info.url],
-    ['Compression', info.compression],
+    ['Compression', info.compression ?? DEFAULT_COMPRESSION],
   ]
   if (info.fileHash !== undefined) lines.push(['FileHash', info.fileHash])
   if (info.fileSize !== undefined) lines.push(['FileSize', info.fileSize])
-  lines.push(['NarHash', info.narHash], ['NarSize', info.narSize], ['References', info.references.join(' ')])
+  lines.push(['NarHash', info.narHash], ['NarSize', info.narSize], ['References', (info.references ?? []).join(' ')])
   if (info.deriver !== undefined) lines.push(['Deriver', info.deriver])
-  for (const sig of info.sigs) lines.push(['Sig', sig])
+  for (const sig of info.sigs ?? []) lines.push(['Sig', sig])
   if (info.ca !== undefined) lines.push(['CA', info.ca])
   for (const { key, value } of info.extra ?? []) {
     if (KNOWN_KEYS.includes(key)) throw new InvalidNarInfoError(`narinfo extra field ${key} is a known field`)

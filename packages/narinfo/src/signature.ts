@@ -1,7 +1,7 @@
 import { generateKeyPairSync, sign, verify } from 'node:crypto'
 import { InvalidNarInfoError, parseNarHash } from '@narrace/core'
 import { parsePublicKey, parseSecretKey, parseSignature } from './keys.js'
-import { checkNarInfoHash, type NarInfo } from './narinfo.js'
+import { checkNarInfoHash, checkNarInfoObject, type NarInfo } from './narinfo.js'
 import { parseStoreBasename, parseStorePath } from './store-path.js'
 
 /**
@@ -10,13 +10,14 @@ import { parseStoreBasename, parseStorePath } from './store-path.js'
  * Compression, URL and FileHash are not covered: narrace verifies the FileHash against the bytes instead.
  */
 export function narInfoFingerprint(info: NarInfo): string {
+  checkNarInfoObject(info)
   const storePath = parseStorePath(info.storePath).path
   const narHash = parseNarHash(checkNarInfoHash(info.narHash)).toString()
   if (!Number.isSafeInteger(info.narSize) || info.narSize <= 0) {
     throw new InvalidNarInfoError(`narinfo NarSize ${info.narSize} is not a positive integer`)
   }
   // Nix keeps references in a sorted set of basenames; under one store directory that sorts the full paths too.
-  const references = [...new Set(info.references)].sort().map((ref) => parseStoreBasename(ref).path)
+  const references = [...new Set(info.references ?? [])].sort().map((ref) => parseStoreBasename(ref).path)
   return `1;${storePath};${narHash};${info.narSize};${references.join(',')}`
 }
 
@@ -26,10 +27,13 @@ export function narInfoFingerprint(info: NarInfo): string {
  * it. Signatures by unknown keys are ignored. A malformed trusted key throws InvalidNarInfoError.
  */
 export function verifyNarInfo(info: NarInfo, trustedKeys: string[]): { valid: boolean; keyName?: string } {
+  if (!Array.isArray(trustedKeys)) throw new InvalidNarInfoError('trustedKeys must be an array of public keys')
   const keys = trustedKeys.map(parsePublicKey)
-  if (keys.length === 0 || info.sigs.length === 0) return { valid: false }
+  checkNarInfoObject(info)
+  const sigs = info.sigs ?? []
+  if (keys.length === 0 || sigs.length === 0) return { valid: false }
   const fingerprint = Buffer.from(narInfoFingerprint(info))
-  for (const sig of info.sigs) {
+  for (const sig of sigs) {
     let signature: ReturnType<typeof parseSignature>
     try {
       signature = parseSignature(sig)
@@ -51,9 +55,10 @@ export function verifyNarInfo(info: NarInfo, trustedKeys: string[]): { valid: bo
  */
 export function signNarInfo(info: NarInfo, secretKey: string): NarInfo {
   const { name, key } = parseSecretKey(secretKey)
+  checkNarInfoObject(info)
   const signature = sign(null, Buffer.from(narInfoFingerprint(info)), key)
   const sig = `${name}:${signature.toString('base64')}`
-  return { ...info, sigs: [...new Set([...info.sigs, sig])].sort() }
+  return { ...info, sigs: [...new Set([...(info.sigs ?? []), sig])].sort() }
 }
 
 /**

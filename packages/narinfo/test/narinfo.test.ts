@@ -257,4 +257,19 @@ describe('formatNarInfo', () => {
     expect(() => formatNarInfo({ ...info, narSize: -1 })).toThrow(InvalidNarInfoError)
     expect(() => formatNarInfo({ ...info, references: ['not-a-path'] })).toThrow(InvalidNarInfoError)
   })
+
+  it('reads a missing Compression, References or Sig list as parseNarInfo would', () => {
+    const { compression: _c, references: _r, sigs: _s, ...bare } = info
+    const text = formatNarInfo(bare as NarInfo)
+    expect(text).toMatch(/^Compression: bzip2$/m)
+    expect(text).toMatch(/^References: $/m)
+    expect(text).not.toMatch(/^Sig:/m)
+    expect(parseNarInfo(text)).toMatchObject({ compression: 'bzip2', references: [], sigs: [] })
+  })
+
+  it('throws InvalidNarInfoError, not a TypeError, for what is not a NarInfo', () => {
+    for (const bad of [null, undefined, 'StorePath: x', [], { ...info, references: 'a b' }, { ...info, sigs: [1] }]) {
+      expect(() => formatNarInfo(bad as unknown as NarInfo)).toThrow(InvalidNarInfoError)
+    }
+  })
 })

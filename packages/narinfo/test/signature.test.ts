@@ -96,6 +96,16 @@ describe('verifyNarInfo', () => {
     expect(verifyNarInfo(info, trusted).valid).toBe(true)
   })
 
+  it('throws InvalidNarInfoError, not a TypeError, for trusted keys or a narinfo of the wrong type', () => {
+    expect(() => verifyNarInfo(top, fixtures.publicKey as unknown as string[])).toThrow(InvalidNarInfoError)
+    expect(() => verifyNarInfo(null as unknown as NarInfo, trusted)).toThrow(InvalidNarInfoError)
+    expect(() => narInfoFingerprint(undefined as unknown as NarInfo)).toThrow(InvalidNarInfoError)
+    expect(() => signNarInfo(null as unknown as NarInfo, fixtures.secretKey)).toThrow(InvalidNarInfoError)
+    const { sigs: _sigs, ...unsigned } = top
+    expect(verifyNarInfo(unsigned as NarInfo, trusted)).toEqual({ valid: false })
+    expect(verifyNarInfo(signNarInfo(unsigned as NarInfo, fixtures.secretKey), trusted).valid).toBe(true)
+  })
+
   it.each([
     ['a key of the wrong length', `k:${Buffer.alloc(31).toString('base64')}`, /31 bytes; an ed25519 public key is 32/],
     ['a secret key where a public key goes', fixtures.secretKey, /64 bytes; an ed25519 public key is 32/],
