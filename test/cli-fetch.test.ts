@@ -1,7 +1,9 @@
+import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { delimiter, dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { runCli, startCli } from '../packages/cli/test/support/run-cli.js'
 import { fixtures } from './fixtures/index.js'
@@ -94,12 +96,73 @@ describe('narrace fetch', () => {
     [['fetch', fixtures.path('small').fileHash, '-o', 'x', '--no-such-flag']],
     [['fetch', fixtures.path('small').fileHash, '-o', 'x']],
     [['fetch', fixtures.path('small').fileHash, '-o', 'x', '--torrent']],
+    [['fetch', fixtures.path('small').fileHash, '-o', 'x', '--http', 'ftp://cache']],
+    [['fetch', fixtures.path('small').fileHash, '-o', 'x', '--torrent', '--index', 'i', '--announce', 'wss://tracker']],
+    [['fetch', fixtures.path('small').fileHash, '-o', 'x', '--torrent', '--index', 'i', '--announce', 'not a url']],
+    [['fetch', `http://127.0.0.1:1/nar/${'0'.repeat(51)}.nar.xz`, '-o', 'x']],
     [['no-such-command']],
   ])('exits 2 with a one-line error for %j', async (args) => {
-    const run = await runCli(args)
+    // No default index either, whatever the machine has.
+    const run = await runCli(args, { env: { NARRACE_INDEX: join(dir, 'no-index.sqlite') } })
     expect(run.code).toBe(2)
     expect(run.stderr.trim().split('\n')).toHaveLength(1)
     expect(run.stderr).toMatch(/^narrace: /)
+  })
+
+  it('writes plain lines, without terminal escapes, when stderr is not a TTY', async () => {
+    const out = join(dir, 'plain.nar.xz')
+    const run = await runCli(['fetch', `${server.url}${nar.url}`, '-o', out])
+    expect(run.code).toBe(0)
+    expect(run.stderr).toMatch(/ won after /)
+    expect(run.stderr + run.stdout).not.toMatch(/[\r\x1b]/)
+  })
+
+  it('refuses a directory as FILE before fetching anything (exit 2)', async () => {
+    server.requests.length = 0
+    const run = await runCli(['fetch', `${server.url}${nar.url}`, '-o', dir])
+    expect(run.code).toBe(2)
+    expect(run.stderr).toMatch(/^narrace: .*is a directory[^\n]*\n$/)
+    expect(server.requests).toEqual([])
+  })
+
+  it.each([
+    ['a folder that is not there', (d: string) => join(d, 'absent', 'x.nar.xz')],
+    ['a folder that is a file', (d: string) => join(d, 'a-file', 'x.nar.xz')],
+  ])('exits 1 with one line when FILE is in %s, and fetches nothing', async (_, output) => {
+    await writeFile(join(dir, 'a-file'), '')
+    server.requests.length = 0
+    const run = await runCli(['fetch', `${server.url}${nar.url}`, '-o', output(dir)])
+    expect(run.code).toBe(1)
+    expect(run.stderr).toMatch(/^narrace: can't write [^\n]+\n$/)
+    expect(server.requests).toEqual([])
+  })
+
+  it('runs as the package bin, an executable found through its shebang', async () => {
+    const cli = fileURLToPath(new URL('../packages/cli/', import.meta.url))
+    const pkg = JSON.parse(await readFile(join(cli, 'package.json'), 'utf8')) as { bin: Record<string, string> }
+    const bin = join(cli, pkg.bin.narrace!)
+    const out = join(dir, 'by-bin.nar.xz')
+    // The shebang asks for `node` on PATH: this one, so that the test does not depend on the system's.
+    const child = spawn(bin, ['fetch', `${server.url}${nar.url}`, '-o', out], {
+      env: { ...process.env, PATH: `${dirname(process.execPath)}${delimiter}${process.env.PATH ?? ''}` },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
+    child.stderr.resume()
+    const code = await new Promise<number | null>((resolve, reject) => {
+      child.once('error', reject)
+      child.once('close', (exitCode) => resolve(exitCode))
+    })
+    expect(code).toBe(0)
+    expect(stdout).toMatch(/^winner /m)
+    expect(await sha256(out)).toBe(nar.fileHashHex)
+  })
+
+  it.each([['fetch'], ['prefetch'], ['publish'], ['index']])('prints the usage for `narrace %s --help`', async (command) => {
+    const run = await runCli([command, '--help'])
+    expect(run.code).toBe(0)
+    expect(run.stdout).toMatch(/^usage: narrace/)
   })
 
   it('lists every command with --help', async () => {

@@ -1,8 +1,9 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runCli } from '../packages/cli/test/support/run-cli.js'
+import { runCli, startCli } from '../packages/cli/test/support/run-cli.js'
 import { fixtures } from './fixtures/index.js'
 
 /** `narrace index import` and `export`: exchanging mapping files, with bad lines counted and never applied. */
@@ -37,6 +38,10 @@ describe('narrace index', () => {
     const first = await runCli(['index', 'import', file, '--index', index])
     expect(first.code).toBe(0)
     expect(first.stdout).toBe('added 2, updated 0, rejected 2\n')
+    const reported = first.stderr.trim().split('\n')
+    expect(reported).toHaveLength(2)
+    expect(reported[0]).toMatch(/^line 3 rejected: .*btih/)
+    expect(reported[1]).toMatch(/^line 4 rejected: /)
 
     const second = await runCli(['index', 'import', file, '--index', index])
     expect(second.stdout).toBe('added 0, updated 2, rejected 2\n')
@@ -60,6 +65,24 @@ describe('narrace index', () => {
     expect((await runCli(['index', 'export', '--index', copy])).stdout).toBe(exported.stdout)
   })
 
+  it('exports to a FILE when one is given', async () => {
+    const file = join(dir, 'to-file.ndjson')
+    const run = await runCli(['index', 'export', file, '--index', index])
+    expect(run.code).toBe(0)
+    expect(run.stdout).toBe('')
+    expect(await readFile(file, 'utf8')).toBe((await runCli(['index', 'export', '--index', index])).stdout)
+  })
+
+  it('reads stdin for -', async () => {
+    const copy = join(dir, 'from-stdin.sqlite')
+    const line = JSON.stringify({ fileHash: small.fileHash, size: small.fileSize, cid })
+    const child = startCli(['index', 'import', '-', '--index', copy], {}, 'pipe')
+    child.stdin!.end(`${line}\n`)
+    const run = await child.done
+    expect(run.code).toBe(0)
+    expect(run.stdout).toBe('added 1, updated 0, rejected 0\n')
+  })
+
   it('uses $NARRACE_INDEX when no --index is given', async () => {
     const run = await runCli(['index', 'export'], { env: { NARRACE_INDEX: index } })
     expect(run.stdout.trim().split('\n')).toHaveLength(2)
@@ -68,15 +91,26 @@ describe('narrace index', () => {
   it.each([
     [['index']],
     [['index', 'import']],
-    [['index', 'export', 'extra']],
+    [['index', 'export', 'one', 'two']],
     [['index', 'frobnicate']],
   ])('exits 2 for %j', async (args) => {
     const run = await runCli([...args, '--index', index])
     expect(run.code).toBe(2)
   })
 
-  it('exits 1 for a file that is not there, or an index that is not there', async () => {
-    expect((await runCli(['index', 'import', join(dir, 'absent.ndjson'), '--index', index])).code).toBe(1)
-    expect((await runCli(['index', 'export', '--index', join(dir, 'absent.sqlite')])).code).toBe(1)
+  it('exits 1 with one line for a file that is not there, or an index that is not there, and makes no index', async () => {
+    const fresh = join(dir, 'never.sqlite')
+    for (const args of [
+      ['index', 'import', join(dir, 'absent.ndjson'), '--index', fresh],
+      ['index', 'export', '--index', join(dir, 'absent.sqlite')],
+      ['index', 'export', join(dir, 'absent', 'out.ndjson'), '--index', index],
+      ['index', 'import', join(dir, 'mappings.ndjson'), '--index', join(dir, 'mappings.ndjson')],
+    ]) {
+      const run = await runCli(args)
+      expect(run.code).toBe(1)
+      expect(run.stderr).toMatch(/^narrace: [^\n]+\n$/)
+    }
+    expect(existsSync(fresh)).toBe(false)
+    expect(existsSync(join(dir, 'absent'))).toBe(false)
   })
 })

@@ -33,7 +33,7 @@ describe('narrace publish', () => {
   let http: CacheServer
   let api = ''
   let ipfs: { stop(): Promise<void> } | undefined
-  let ipfsServer: { stop(): Promise<void>; apiAddr: { nodeAddress(): { port: number } } } | undefined
+  let ipfsServer: { start(): Promise<void>; stop(): Promise<void>; apiAddr: { nodeAddress(): { port: number } } } | undefined
 
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'narrace-cli-publish-'))
@@ -164,6 +164,44 @@ describe('narrace publish', () => {
       expect(run.stderr).toMatch(/failed .*small/)
     })
 
+    it('interrupted with Ctrl-C and re-run, skips what the first run published', async () => {
+      const idx = join(work, 'interrupted-index.sqlite')
+      // Each NAR answers late, so that Ctrl-C lands between two of them.
+      const slow = await startCacheServer({ root: fixtures.cacheDir })
+      slow.setFaults({ firstByteDelayMs: 300 }, /^nar\//)
+      const args = ['publish', '--cache', slow.url, fixtures.path('diamond-top').storePath, '--ipfs-api', api, '--index', idx]
+      try {
+        const first = startCli(args)
+        let stdout = ''
+        let stderr = ''
+        first.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
+        await new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error(`nothing published in time: ${stdout} ${stderr}`)), 30_000)
+          first.stdout!.on('data', (d: Buffer) => {
+            stdout += d.toString()
+            if (/^published \/nix\/store\//m.test(stdout)) {
+              clearTimeout(timer)
+              resolve()
+            }
+          })
+          first.once('exit', () => reject(new Error(`publish exited before Ctrl-C: ${stdout} ${stderr}`)))
+        })
+        first.kill('SIGINT')
+        const interrupted = await first.done
+        expect(interrupted.code).toBe(130)
+        expect(interrupted.stderr).toMatch(/^narrace: interrupted$/m)
+        const done = (interrupted.stdout.match(/^published \/nix\/store\//gm) ?? []).length
+        expect(done).toBeGreaterThan(0)
+
+        slow.clearFaults()
+        const again = await runCli(args)
+        expect(again.code).toBe(0)
+        expect(again.stdout).toContain(`published ${4 - done}, skipped ${done}, failed 0`)
+      } finally {
+        await slow.close()
+      }
+    })
+
     it('prefetch --publish donates each NAR it fetched through the same code', async () => {
       const prefetchIndex = join(work, 'prefetch-index.sqlite')
       const io: CommandIO = { stdout: { write: () => true }, stderr: { write: () => true } }
@@ -229,6 +267,14 @@ describe('narrace publish', () => {
         expect(fetched.code).toBe(0)
         expect(fetched.stdout).toMatch(/winner torrent/)
         expect(await sha256(out)).toBe(fixtures.path('200k').fileHashHex)
+
+        // Without --index, the default index (here $NARRACE_INDEX) is where torrents are looked up.
+        const viaEnv = await runCli(['fetch', fixtures.path('5m').fileHash, '-o', join(work, 'torrent-5m.nar.xz'), '--torrent'], {
+          env: { NARRACE_INDEX: index },
+        })
+        expect(viaEnv.stderr).not.toMatch(/narrace:/)
+        expect(viaEnv.code).toBe(0)
+        expect(viaEnv.stdout).toMatch(/winner torrent/)
       } finally {
         seeder.kill('SIGINT')
       }
@@ -260,6 +306,7 @@ describe('narrace publish', () => {
     [['publish', '--cache', 'x', '--ipfs-api', 'http://127.0.0.1:1']],
     [['publish', '--cache', 'x', '--index', 'x']],
     [['publish', '--cache', 'x', '--index', 'x', '--torrent']],
+    [['publish', '--cache', 'x', '--index', 'x', '--torrent', '--announce', 'ws://127.0.0.1:1']],
   ])('exits 2 for %j', async (args) => {
     const run = await runCli(args)
     expect(run.code).toBe(2)

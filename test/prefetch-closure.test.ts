@@ -1,9 +1,10 @@
-import { cp, mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { prefetchCommand, type CommandIO, type PrefetchOptions } from '../packages/cli/src/index.js'
-import { runCli } from '../packages/cli/test/support/run-cli.js'
+import { runCli, startCli } from '../packages/cli/test/support/run-cli.js'
 import { fixtures } from './fixtures/index.js'
 import { startCacheServer, type CacheServer } from './support/cache-server.js'
 
@@ -113,6 +114,21 @@ describe('narrace prefetch: closures into a file:// cache', () => {
     }
   })
 
+  it('keeps at most --jobs NAR downloads in flight', async () => {
+    server.setFaults({ firstByteDelayMs: 50 }, /^nar\//)
+    let most = 0
+    const inFlight = (): number => server.requests.filter((r) => r.path.includes('/nar/') && r.completed === undefined).length
+    const poll = setInterval(() => (most = Math.max(most, inFlight())), 5)
+    try {
+      const summary = await prefetchCommand(options({ jobs: 2 }), quiet())
+      expect(summary.paths).toHaveLength(closure.length)
+    } finally {
+      clearInterval(poll)
+    }
+    expect(most).toBeGreaterThan(0)
+    expect(most).toBeLessThanOrEqual(2)
+  })
+
   it('replaces a NAR that is present but corrupt', async () => {
     const leaf = fixtures.path('closure-leaf-03')
     await prefetchCommand(options({ paths: [leaf.storePath] }), quiet())
@@ -175,5 +191,93 @@ describe('narrace prefetch: closures into a file:// cache', () => {
     )
     expect(summary.missing).toEqual([fixtures.path('small').storePath])
     expect(narRequests(server)).toEqual([])
+  })
+
+  describe('as a user runs it', () => {
+    const cli = (...args: string[]): string[] => [
+      'prefetch',
+      ...args,
+      '--cache',
+      server.url,
+      '-o',
+      out,
+      '--trusted-public-key',
+      fixtures.publicKey,
+    ]
+
+    it('takes a --list file, prints progress lines on stderr and the summary table on stdout; a rerun fetches nothing', async () => {
+      const list = join(work, 'subscription.txt')
+      await writeFile(list, `# nightly\n${root.storePath}\n\n`)
+      const first = await runCli(cli('--list', list, '--jobs', '1'))
+      expect(first.code).toBe(0)
+      expect(first.stdout).toMatch(/^backend +NARs won +bytes +share$/m)
+      expect(first.stdout).toMatch(new RegExp(`^${server.url.replace(/\/$/, '')} +20 +[\\d.]+ KiB +100%$`, 'm'))
+      expect(first.stdout).toMatch(/20 paths: 20 fetched, 0 already present, 0 missing, 0 failed/)
+      expect(first.stderr.match(/^fetched \/nix\/store\//gm)).toHaveLength(20)
+      expect(first.stderr + first.stdout).not.toMatch(/[\r\x1b]/)
+      expect(narRequests(server)).toHaveLength(20)
+
+      server.requests.length = 0
+      const again = await runCli(cli('--list', list))
+      expect(again.code).toBe(0)
+      expect(again.stdout).toMatch(/20 paths: 0 fetched, 20 already present, 0 missing, 0 failed/)
+      expect(narRequests(server)).toEqual([])
+    })
+
+    it('after kill -9 halfway, a rerun clears the partial files and fetches only the missing NARs', async () => {
+      server.setFaults({ bytesPerSecond: 400_000 })
+      const child = startCli(cli(root.storePath))
+      let stderr = ''
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`too few NARs fetched in time: ${stderr}`)), 20_000)
+        child.stderr!.on('data', (d: Buffer) => {
+          stderr += d.toString()
+          if ((stderr.match(/^fetched /gm) ?? []).length >= 5) {
+            clearTimeout(timer)
+            resolve()
+          }
+        })
+        child.once('exit', () => reject(new Error(`prefetch ended before the kill: ${stderr}`)))
+      })
+      child.kill('SIGKILL')
+      expect((await child.done).signal).toBe('SIGKILL')
+
+      // What a kill in the middle of a write leaves, whether or not this one did.
+      const complete = closure.filter((p) => existsSync(join(out, p.url)))
+      const leftover = join(out, 'nar', `.${closure[0]!.url.slice('nar/'.length)}.0123456789ab.partial`)
+      await writeFile(leftover, 'half a NAR')
+      const missing = closure.filter((p) => !complete.includes(p))
+      expect(missing.length).toBeGreaterThan(0)
+
+      server.clearFaults()
+      server.requests.length = 0
+      const rerun = await runCli(cli(root.storePath))
+      expect(rerun.code).toBe(0)
+      expect(narRequests(server).sort()).toEqual(missing.map((p) => p.url).sort())
+      expect((await readdir(join(out, 'nar'))).filter((n) => !n.endsWith('.nar.xz'))).toEqual([])
+      for (const path of closure) {
+        expect(await readFile(join(out, path.url))).toEqual(await readFile(fixtures.narPath(path.name)))
+        expect(await readFile(join(out, `${path.hashPart}.narinfo`), 'utf8')).toBe(fixtures.narinfoText(path.name))
+      }
+    })
+
+    it.each([
+      ['a --list file that is not there', 2, () => cli('--list', join(work, 'absent.txt'))],
+      ['a --list line that is no store path', 2, async () => {
+        const list = join(work, 'bad-list.txt')
+        await writeFile(list, `${root.storePath}\nhello\n`)
+        return cli('--list', list)
+      }],
+      ['--jobs 0', 2, () => cli(root.storePath, '--jobs', '0')],
+      ['an -o folder inside a file', 1, async () => {
+        await writeFile(join(work, 'a-file'), '')
+        return ['prefetch', root.storePath, '--cache', server.url, '-o', join(work, 'a-file', 'cache')]
+      }],
+    ])('stops with one line for %s (exit %i), before any download', async (_, code, args) => {
+      const run = await runCli(await args())
+      expect(run.code).toBe(code)
+      expect(run.stderr).toMatch(/^narrace: [^\n]+\n$/)
+      expect(narRequests(server)).toEqual([])
+    })
   })
 })

@@ -85,12 +85,14 @@ async function read(stream: NarStream): Promise<Buffer> {
 }
 
 describe('torrent backend in a loopback swarm', () => {
-  it('resolveNar with only torrentBackend returns the verified bytes', async () => {
+  it('resolveNar with only torrentBackend returns the verified bytes, and leaves nothing in downloadDir', async () => {
     const nar = fixtures.path('5m')
-    const torrent = await backend()
+    const dir = await downloads()
+    const torrent = await backend({ downloadDir: dir.path })
     const stream = await resolveNar(nar.fileHash, { backends: [torrent], size: nar.fileSize })
     expect((await read(stream)).equals(narBytes('5m'))).toBe(true)
     expect(stream.winner).toBe('torrent')
+    expect(await readdir(dir.path)).toEqual([])
   })
 
   describe('a mapping that points at the torrent of a different file', () => {

@@ -37,3 +37,20 @@ export function httpUrl(value: string, flag: string): string {
   }
   return value.replace(/\/+$/, '')
 }
+
+/**
+ * A tracker URL from --announce, or a UsageError. narrace's peers speak TCP only, so WebSocket trackers,
+ * which need WebRTC, are refused rather than dropped without a word.
+ */
+export function trackerUrl(value: string): string {
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    throw new UsageError(`--announce needs a tracker URL, got '${value}'`)
+  }
+  if (!['http:', 'https:', 'udp:'].includes(url.protocol)) {
+    throw new UsageError(`--announce needs an http://, https:// or udp:// tracker, got '${value}'`)
+  }
+  return value
+}

@@ -1,7 +1,9 @@
-import { resolve } from 'node:path'
+import { constants } from 'node:fs'
+import { access, stat } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { InvalidNarHashError, parseNarHash, resolveNarToFile, type NarEvent, type NarHash } from '@narrace/core'
-import { httpUrl, parse, UsageError } from './args.js'
+import { httpUrl, parse, trackerUrl, UsageError } from './args.js'
 import { formatBytes, formatMs, formatRate } from './format.js'
 import type { CommandIO } from './io.js'
 import { meterBackend } from './meter.js'
@@ -40,6 +42,8 @@ export function parseFetchTarget(target: string): { hash: NarHash; cache?: strin
 /** Fetches one NAR into `options.output`, racing every source given, and reports progress on `io.stderr`. */
 export async function fetchCommand(options: FetchOptions, io: CommandIO): Promise<FetchResult> {
   const { hash, cache, url: targetUrl } = parseFetchTarget(options.target)
+  const path = resolve(options.output)
+  await checkOutput(path)
   const http = [...(cache ? [cache] : []), ...(options.http ?? [])].filter((u, i, all) => all.indexOf(u) === i)
   const sources = await openSources({ ...options, http }, io.signal)
   const progress = new Progress(io.stderr)
@@ -64,7 +68,6 @@ export async function fetchCommand(options: FetchOptions, io: CommandIO): Promis
       if (event.type === 'failover') progress.log(`failed over to ${event.backend} at byte ${event.bytes}`)
       if (event.type === 'fail') progress.log(`${event.backend} failed: ${describe(event.error)}`)
     }
-    const path = resolve(options.output)
     const t0 = performance.now()
     progress.start()
     const result = await resolveNarToFile(hash, path, {
@@ -84,6 +87,20 @@ export async function fetchCommand(options: FetchOptions, io: CommandIO): Promis
   } finally {
     progress.stop()
     await sources.close()
+  }
+}
+
+/** Fails before any download when FILE can't be written, rather than after it with a temporary file's name. */
+async function checkOutput(path: string): Promise<void> {
+  if ((await stat(path).catch(() => undefined))?.isDirectory()) {
+    throw new UsageError(`-o ${path} is a directory; give the file to write`)
+  }
+  const dir = dirname(path)
+  try {
+    if (!(await stat(dir)).isDirectory()) throw new Error(`${dir} is not a directory`)
+    await access(dir, constants.W_OK)
+  } catch (error) {
+    throw new Error(`can't write ${path}: ${describe(error)}`)
   }
 }
 
@@ -110,7 +127,7 @@ export function parseFetchArgs(args: string[]): FetchOptions {
     output: values.output,
     http: (values.http ?? []).map((u) => httpUrl(u, '--http')),
     torrent: values.torrent === true,
-    announce: values.announce ?? [],
+    announce: (values.announce ?? []).map(trackerUrl),
   }
   if (values['ipfs-api'] !== undefined) options.ipfsApi = httpUrl(values['ipfs-api'], '--ipfs-api')
   if (values.index !== undefined) options.indexPath = values.index

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { readdir, rm } from 'node:fs/promises'
-import { isAbsolute, join, normalize, sep } from 'node:path'
+import { mkdir, readdir, rm } from 'node:fs/promises'
+import { dirname, isAbsolute, join, normalize, sep } from 'node:path'
 import { InvalidNarInfoError, parseNarHash, type NarHash } from '@narrace/core'
 import type { NarInfo } from '@narrace/narinfo'
 
@@ -25,6 +25,25 @@ export async function isVerifiedFile(path: string, hash: NarHash, size: number |
     if (signal?.aborted) throw signal.reason
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false
     throw error
+  }
+}
+
+/**
+ * `mkdir -p`, one level at a time. Node's own `mkdir(…, { recursive: true })` never returns where
+ * `mkdir` says ENOENT for a parent that exists, as under /proc; this fails there instead.
+ */
+export async function makeDirectory(path: string): Promise<void> {
+  try {
+    await mkdir(path)
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    if (code === 'EEXIST') return
+    const parent = dirname(path)
+    if (code !== 'ENOENT' || parent === path) throw error
+    await makeDirectory(parent)
+    await mkdir(path).catch((again: NodeJS.ErrnoException) => {
+      if (again.code !== 'EEXIST') throw again
+    })
   }
 }
 

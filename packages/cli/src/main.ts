@@ -30,7 +30,7 @@ export const USAGE = `usage: narrace <command> [options]
       With --torrent it keeps seeding until Ctrl-C; --no-seed exits once the mappings are written.
 
   index import FILE [--index PATH]      Import NDJSON mappings (- for stdin); prints added/updated/rejected.
-  index export [--index PATH]           Write every mapping as NDJSON to stdout.
+  index export [FILE] [--index PATH]    Write every mapping as NDJSON to FILE, or to stdout.
       The default index is $NARRACE_INDEX, else $XDG_DATA_HOME/narrace/index.sqlite.
 
 Exit codes: 0 done, 1 not found or failed verification, 2 usage, 130 interrupted.
@@ -39,6 +39,12 @@ Exit codes: 0 done, 1 not found or failed verification, 2 usage, 130 interrupted
 /** Runs one command line; returns the exit code. Errors are reported on `io.stderr` in one line. */
 export async function run(argv: string[], io: CommandIO): Promise<number> {
   const [command, ...args] = argv
+  // `narrace fetch --help` shows the usage; a literal '--help' argument would follow `--`.
+  const end = args.indexOf('--')
+  if (args.slice(0, end === -1 ? undefined : end).some((a) => a === '--help' || a === '-h')) {
+    io.stdout.write(USAGE)
+    return EXIT_OK
+  }
   try {
     switch (command) {
       case 'fetch':

@@ -1,13 +1,14 @@
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import { rename, rm, writeFile } from 'node:fs/promises'
 import { dirname, join, resolve as resolvePath } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { resolveNarToFile, type NarEvent } from '@narrace/core'
 import { walkClosure } from '@narrace/http'
 import { NIX_STORE_DIR, type NarInfo } from '@narrace/narinfo'
-import { httpUrl, parse, positiveInteger, UsageError } from './args.js'
+import { httpUrl, parse, positiveInteger, trackerUrl, UsageError } from './args.js'
 import { describe } from './fetch.js'
-import { cacheFile, isVerifiedFile, narFileHash, removePartials } from './files.js'
+import { cacheFile, isVerifiedFile, makeDirectory, narFileHash, removePartials } from './files.js'
 import { formatBytes, formatMs, formatPercent, formatRate, formatTable } from './format.js'
+import { defaultIndexPath } from './index-command.js'
 import type { CommandIO } from './io.js'
 import { meterBackend } from './meter.js'
 import { Progress } from './progress.js'
@@ -33,6 +34,7 @@ export interface PrefetchOptions {
   ipfsApi?: string
   torrent?: boolean
   announce?: string[]
+  /** The mapping index. @default with `publish`, the default index of `narrace index` */
   indexPath?: string
   /** Donate every NAR as `narrace publish` does. */
   publish?: boolean
@@ -81,12 +83,12 @@ export async function prefetchCommand(options: PrefetchOptions, io: CommandIO): 
   const roots = await readRoots(options.paths, options.list)
   if (roots.length === 0) throw new UsageError('prefetch needs a store path, a hash part or --list FILE')
   if (options.caches.length === 0) throw new UsageError('prefetch needs --cache URL: narinfo comes only from HTTP caches')
-  if (options.publish && !options.indexPath) throw new UsageError('--publish records mappings: give --index PATH')
   if (options.publish && options.torrent && !options.announce?.length) {
     throw new UsageError('--publish --torrent needs --announce URL: with DHT off, trackers are how peers find the seeder')
   }
+  const indexPath = options.indexPath ?? (options.publish ? defaultIndexPath() : undefined)
   const dir = resolvePath(options.output)
-  await mkdir(join(dir, 'nar'), { recursive: true })
+  await makeDirectory(join(dir, 'nar'))
   await removePartials(join(dir, 'nar'))
   await writeAtomically(join(dir, 'nix-cache-info'), `StoreDir: ${NIX_STORE_DIR}\n`)
 
@@ -94,7 +96,8 @@ export async function prefetchCommand(options: PrefetchOptions, io: CommandIO): 
     {
       http: options.caches,
       ...(options.ipfsApi !== undefined ? { ipfsApi: options.ipfsApi } : {}),
-      ...(options.indexPath !== undefined ? { indexPath: options.indexPath } : {}),
+      // --publish records mappings, by default where `narrace index export` reads them.
+      ...(indexPath !== undefined ? { indexPath } : {}),
       torrent: options.torrent === true,
       announce: options.announce ?? [],
     },
@@ -145,7 +148,7 @@ export async function prefetchCommand(options: PrefetchOptions, io: CommandIO): 
           result = { storePath, status: 'present', size }
           progress.total = (progress.total ?? 0) - size
         } else {
-          await mkdir(dirname(narPath), { recursive: true })
+          await makeDirectory(dirname(narPath))
           let winner = ''
           const fetched = await resolveNarToFile(hash, narPath, {
             backends,
@@ -290,7 +293,7 @@ export function parsePrefetchArgs(args: string[]): PrefetchOptions {
     output: values.output,
     trustedKeys: values['trusted-public-key'] ?? [],
     torrent: values.torrent === true,
-    announce: values.announce ?? [],
+    announce: (values.announce ?? []).map(trackerUrl),
     publish: values.publish === true,
     seed: values.seed !== false,
     jobs: positiveInteger(values.jobs, '--jobs', DEFAULT_JOBS),

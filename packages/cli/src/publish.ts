@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve as resolvePath } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -7,10 +7,10 @@ import { httpBackend, walkClosure } from '@narrace/http'
 import type { NarIndex } from '@narrace/index'
 import type { WebTorrent } from '@narrace/torrent'
 import { parseNarInfo } from '@narrace/narinfo'
-import { httpUrl, parse, UsageError } from './args.js'
+import { httpUrl, parse, trackerUrl, UsageError } from './args.js'
 import { describe } from './fetch.js'
 import { cacheFile, hashFile, narFileHash } from './files.js'
-import { openIndexForWriting } from './index-command.js'
+import { exportToFile, openIndexForWriting } from './index-command.js'
 import type { CommandIO } from './io.js'
 import { readRoots } from './roots.js'
 
@@ -262,7 +262,7 @@ export async function publishCommand(options: PublishOptions, io: CommandIO): Pr
       }
     }
 
-    if (options.exportPath) await exportTo(index, options.exportPath)
+    if (options.exportPath) await exportToFile(index, options.exportPath, signal)
     summary.seeding = publisher.seeding
     io.stdout.write(`published ${summary.published}, skipped ${summary.skipped}, failed ${summary.failed.length}\n`)
     if (options.seed !== false && publisher.seeding > 0) await seedUntilAborted(publisher.seeding, io)
@@ -280,15 +280,6 @@ export async function seedUntilAborted(count: number, io: CommandIO): Promise<vo
   if (!signal || signal.aborted) return
   io.stderr.write(`seeding ${count} torrent${count === 1 ? '' : 's'}; Ctrl-C to stop\n`)
   await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
-}
-
-/** Writes the whole index as NDJSON, through a temporary file, so that readers never see half of it. */
-async function exportTo(index: NarIndex, path: string): Promise<void> {
-  const lines: string[] = []
-  for await (const line of index.export()) lines.push(line + '\n')
-  const temp = `${path}.${process.pid}.tmp`
-  await writeFile(temp, lines.join(''))
-  await rename(temp, path)
 }
 
 function signalOf(options: { signal?: AbortSignal }): { signal?: AbortSignal } {
@@ -323,7 +314,7 @@ export function parsePublishArgs(args: string[]): PublishOptions {
     paths: positionals,
     indexPath: values.index,
     torrent: values.torrent === true,
-    announce: values.announce ?? [],
+    announce: (values.announce ?? []).map(trackerUrl),
     seed: values.seed !== false,
     trustedKeys: values['trusted-public-key'] ?? [],
   }

@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto'
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseNarHash } from '@narrace/core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { cacheFile, hashFile, isVerifiedFile, removePartials } from '../src/files.js'
+import { cacheFile, hashFile, isVerifiedFile, makeDirectory, removePartials } from '../src/files.js'
 
 describe('files', () => {
   let dir: string
@@ -37,5 +38,19 @@ describe('files', () => {
     await writeFile(join(dir, 'keep.nar.xz'), '')
     expect(await removePartials(dir)).toBe(1)
     expect((await readdir(dir)).sort()).toEqual(['f', 'keep.nar.xz'])
+  })
+
+  it('makes a folder and its parents, and takes one that is there', async () => {
+    const deep = join(dir, 'a', 'b', 'c')
+    await makeDirectory(deep)
+    await makeDirectory(deep)
+    expect((await stat(deep)).isDirectory()).toBe(true)
+    await writeFile(join(dir, 'plain'), '')
+    await expect(makeDirectory(join(dir, 'plain', 'x'))).rejects.toMatchObject({ code: 'ENOTDIR' })
+  })
+
+  // Node's recursive mkdir loops forever there: mkdir says ENOENT although the parent exists.
+  it.runIf(existsSync('/proc/self'))('fails, rather than hangs, under /proc', async () => {
+    await expect(makeDirectory('/proc/narrace-test/nar')).rejects.toMatchObject({ code: 'ENOENT' })
   })
 })

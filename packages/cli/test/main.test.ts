@@ -18,6 +18,21 @@ describe('run', () => {
     expect(out.join('')).toBe(USAGE)
   })
 
+  it.each([[['fetch', '--help']], [['prefetch', '-h', '--cache', 'x']], [['index', 'export', '--help']]])(
+    'prints the usage for %j and exits 0',
+    async (argv) => {
+      const { io, out } = capture()
+      expect(await run(argv, io)).toBe(EXIT_OK)
+      expect(out.join('')).toBe(USAGE)
+    },
+  )
+
+  it('takes --help after -- as an argument', async () => {
+    const { io, err } = capture()
+    expect(await run(['fetch', '-o', 'x', '--', '--help'], io)).toBe(EXIT_USAGE)
+    expect(err.join('')).toMatch(/--help/)
+  })
+
   it('exits 2 with the usage when no command is given', async () => {
     const { io, err } = capture()
     expect(await run([], io)).toBe(EXIT_USAGE)

@@ -62,7 +62,8 @@ interface Lease {
   torrent: WebTorrentTorrent
   /** Aborted when the torrent fails or is destroyed under the fetch. */
   failure: AbortController
-  release(): void
+  /** Ends this use; resolves once the torrent and its file are gone, if this was the last use. */
+  release(): Promise<void>
 }
 
 /** A torrent this backend added, shared by the fetches that read it at the same time. */
@@ -107,11 +108,13 @@ function message(error: unknown): string {
 /**
  * A file of a torrent as an AsyncIterator that gives up at once on abort. webtorrent's own iterator
  * waits for a piece with no timeout and no signal, and never settles if the torrent is destroyed meanwhile.
+ * Its end, its errors and return() settle only once the torrent's removal is done, so that whoever saw
+ * them finds no file left behind.
  */
 class TorrentBody implements AsyncIterableIterator<Uint8Array> {
   private inner: AsyncIterator<Uint8Array> | undefined
-  private finished = false
-  private readonly onAbort = (): void => this.finish()
+  private finished: Promise<void> | undefined
+  private readonly onAbort = (): void => void this.finish()
 
   constructor(
     private readonly file: WebTorrentFile,
@@ -129,36 +132,39 @@ class TorrentBody implements AsyncIterableIterator<Uint8Array> {
 
   async next(): Promise<IteratorResult<Uint8Array>> {
     if (this.finished) {
+      await this.finished
       if (this.signal.aborted) throw this.signal.reason
       return { done: true, value: undefined }
     }
     if (this.start >= this.file.length) {
-      this.finish()
+      await this.finish()
       return { done: true, value: undefined }
     }
     this.inner ??= this.file[Symbol.asyncIterator]({ start: this.start })
     try {
       const step = await raceSignal(this.inner.next(), this.signal)
-      if (step.done) this.finish()
+      if (step.done) await this.finish()
       return step
     } catch (error) {
-      this.finish()
+      await this.finish()
       throw error
     }
   }
 
   async return(): Promise<IteratorResult<Uint8Array>> {
-    this.finish()
+    await this.finish()
     return { done: true, value: undefined }
   }
 
-  private finish(): void {
-    if (this.finished) return
-    this.finished = true
-    this.signal.removeEventListener('abort', this.onAbort)
-    const inner = this.inner
-    if (inner?.return) Promise.resolve(inner.return()).catch(noop)
-    this.lease.release()
+  /** Releases the torrent once; resolves when its removal, if any, is done. */
+  private finish(): Promise<void> {
+    if (!this.finished) {
+      this.signal.removeEventListener('abort', this.onAbort)
+      const inner = this.inner
+      if (inner?.return) Promise.resolve(inner.return()).catch(noop)
+      this.finished = this.lease.release()
+    }
+    return this.finished
   }
 }
 
@@ -210,7 +216,7 @@ class TorrentBackendImpl implements TorrentBackend {
       const file = this.check(lease.torrent, hash, options.size, location)
       return { body: new TorrentBody(file, offset, failed, lease), offset, size: file.length }
     } catch (error) {
-      lease.release()
+      void lease.release()
       throw error
     }
   }
@@ -220,7 +226,7 @@ class TorrentBackendImpl implements TorrentBackend {
       this.closing.abort(new NarBackendError(`${this.name} is closed`, { backend: this.name }))
     }
     const client = this.givenClient ?? this.createdClient
-    if (client) for (const { torrent } of this.held.values()) this.remove(client, torrent)
+    if (client) for (const { torrent } of this.held.values()) void this.remove(client, torrent)
     this.held.clear()
     await Promise.all(this.removals)
     if (this.createdClient) await destroyClient(this.createdClient)
@@ -286,34 +292,36 @@ class TorrentBackendImpl implements TorrentBackend {
     }
     torrent.on('error', onError)
     torrent.once('close', onClose)
-    let released = false
-    const release = (): void => {
-      if (released) return
-      released = true
-      torrent.removeListener('error', onError)
-      torrent.removeListener('close', onClose)
-      if (owned) this.release(client, owned)
+    let released: Promise<void> | undefined
+    const release = (): Promise<void> => {
+      if (!released) {
+        torrent.removeListener('error', onError)
+        torrent.removeListener('close', onClose)
+        released = owned ? this.release(client, owned) : Promise.resolve()
+      }
+      return released
     }
     return { torrent, failure, release }
   }
 
-  private release(client: WebTorrent, entry: Held): void {
+  private release(client: WebTorrent, entry: Held): Promise<void> {
     entry.leases--
-    if (entry.leases > 0 || this.held.get(entry.infoHash) !== entry) return
+    if (entry.leases > 0 || this.held.get(entry.infoHash) !== entry) return Promise.resolve()
     this.held.delete(entry.infoHash)
     // A complete download stays in the client, which seeds it.
-    if (this.seedAfterDownload && entry.torrent.done) return
-    this.remove(client, entry.torrent)
+    if (this.seedAfterDownload && entry.torrent.done) return Promise.resolve()
+    return this.remove(client, entry.torrent)
   }
 
-  /** Removes a torrent and deletes its file; close() waits for it. */
-  private remove(client: WebTorrent, torrent: WebTorrentTorrent): void {
-    if (torrent.destroyed || client.destroyed) return
+  /** Removes a torrent and deletes its file; close() waits for it too. */
+  private remove(client: WebTorrent, torrent: WebTorrentTorrent): Promise<void> {
+    if (torrent.destroyed || client.destroyed) return Promise.resolve()
     const removal = new Promise<void>((resolve) => {
       client.remove(torrent, { destroyStore: true }, () => resolve()).catch(() => resolve())
     })
     this.removals.add(removal)
     void removal.then(() => this.removals.delete(removal))
+    return removal
   }
 
   /** Resolves once the torrent has its metadata and its store; NarNotFoundError after metadataTimeoutMs. */

@@ -142,7 +142,7 @@ describe('torrentBackend', () => {
     controller.abort(reason)
     await expect(iterator.next()).rejects.toBe(reason)
     expect(client.torrents).toHaveLength(0)
-    expect(await waitFor(async () => (await readdir(dir)).length === 0)).toBe(true)
+    expect(await readdir(dir)).toEqual([])
   })
 
   it('removes the torrent and its file when the iterator is returned', async () => {
@@ -155,7 +155,17 @@ describe('torrentBackend', () => {
       break
     }
     expect(client.torrents).toHaveLength(0)
-    expect(await waitFor(async () => (await readdir(dir)).length === 0)).toBe(true)
+    expect(await readdir(dir)).toEqual([])
+  })
+
+  it('has removed the torrent and its file by the time the stream ends', async () => {
+    const client = newClient()
+    cleanups.push(() => client.close())
+    const { backend: b, dir } = await backend({ client })
+    const source = await b.fetch(large.hash, { signal: signal() })
+    expect((await collect(source.body)).equals(large.bytes)).toBe(true)
+    expect(client.torrents).toHaveLength(0)
+    expect(await readdir(dir)).toEqual([])
   })
 
   it('with seedAfterDownload keeps a complete download and seeds it to the next peer', async () => {

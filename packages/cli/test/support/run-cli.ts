@@ -18,16 +18,20 @@ export function requireBuiltCli(): void {
 }
 
 /** Starts the built CLI with this Node (24 under `pnpm exec vitest`). */
-export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess & { done: Promise<CliRun> } {
+export function startCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  stdin: 'ignore' | 'pipe' = 'ignore',
+): ChildProcess & { done: Promise<CliRun> } {
   requireBuiltCli()
   const child = spawn(process.execPath, [CLI, ...args], {
     env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: [stdin, 'pipe', 'pipe'],
   })
   let stdout = ''
   let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d))
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d))
   const done = new Promise<CliRun>((resolve, reject) => {
     child.once('error', reject)
     child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
