@@ -1,4 +1,5 @@
-import { InvalidNarHashError, NarNotFoundError, NarraceError } from '@narrace/core'
+import { readFile, stat } from 'node:fs/promises'
+import { InvalidNarHashError, NarraceError } from '@narrace/core'
 import { isStoreHashPart, parseStoreBasename, parseStorePath, type NarInfo } from '@narrace/narinfo'
 import type { Dispatcher } from 'undici'
 import { resolveNarInfo } from './narinfo.js'
@@ -36,12 +37,14 @@ export interface WalkClosureOptions {
   /** The undici dispatcher for every lookup. @default the one resolveNarInfo shares */
   dispatcher?: Dispatcher
   /**
-   * Called for each path no cache could give; the walk goes on without that path's references. Without
-   * it, the walk still yields everything else, then rejects with NarNotFoundError whose `errors` holds
-   * a ClosureMiss for each missing path.
+   * Called for each path no cache could give, as soon as that is known; the walk goes on without that
+   * path's references. Every miss is also listed in the walk's `missing` array.
    */
   onMissing?: (miss: ClosureMiss) => void
 }
+
+/** The walk: iterate it for the paths found; `missing` lists the paths no cache had, so far. */
+export type ClosureWalk = AsyncGenerator<ClosureEntry, void, undefined> & { readonly missing: readonly ClosureMiss[] }
 
 /** Accepts a full store path, a store path basename or a bare 32-character hash part. */
 function hashPartOf(input: string): { hashPart: string; storePath: string } {
@@ -55,18 +58,54 @@ function hashPartOf(input: string): { hashPart: string; storePath: string } {
   }
 }
 
+/** Reads a list file: one store path or hash part a line; blank lines and `#` comments are skipped. */
+async function readList(file: string): Promise<{ hashPart: string; storePath: string }[]> {
+  const text = await readFile(file, 'utf8')
+  const paths: { hashPart: string; storePath: string }[] = []
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.replace(/#.*/, '').trim()
+    if (line === '') continue
+    try {
+      paths.push(hashPartOf(line))
+    } catch (error) {
+      throw new InvalidNarHashError(`${file}:${i + 1}: '${line}' is neither a store path nor a 32-character hash part`, {
+        cause: error,
+      })
+    }
+  }
+  return paths
+}
+
+/** A store path, a hash part, or else a file listing them. */
+async function rootsOf(input: string): Promise<{ hashPart: string; storePath: string }[]> {
+  try {
+    return [hashPartOf(input)]
+  } catch (error) {
+    const isFile = await stat(input).then((s) => s.isFile(), () => false)
+    if (!isFile) throw error
+    return readList(input)
+  }
+}
+
 type Lookup = { hashPart: string; storePath: string } & ({ result: ClosureEntry } | { error: unknown })
 
 /**
  * Walks the closure of `storePaths` breadth-first through narinfo References, racing the caches for
- * each narinfo with resolveNarInfo, at most `concurrency` at a time. Yields every path of the closure
- * exactly once, in the order its narinfo arrives; cycles and self-references are safe. A path that no
- * cache has goes to `onMissing` (or, without it, into the NarNotFoundError the walk ends with) and the
- * walk goes on. Leaving the loop early aborts the lookups in flight.
+ * each narinfo with resolveNarInfo, at most `concurrency` at a time. Each input is a full store path, a
+ * 32-character hash part, or a file with one of those a line. Yields every path of the closure exactly
+ * once, in the order its narinfo arrives; cycles and self-references are safe. A path that no cache has
+ * is reported in `missing` and to `onMissing`, and the walk goes on. Leaving the loop early aborts the
+ * lookups in flight.
  */
-export async function* walkClosure(
+export function walkClosure(storePaths: string[], options: WalkClosureOptions): ClosureWalk {
+  const missing: ClosureMiss[] = []
+  return Object.assign(walk(storePaths, options, missing), { missing })
+}
+
+async function* walk(
   storePaths: string[],
   options: WalkClosureOptions,
+  misses: ClosureMiss[],
 ): AsyncGenerator<ClosureEntry, void, undefined> {
   const outer = options.signal
   outer?.throwIfAborted()
@@ -78,12 +117,11 @@ export async function* walkClosure(
     seen.add(path.hashPart)
     queue.push(path)
   }
-  for (const input of storePaths) enqueue(hashPartOf(input))
+  for (const input of storePaths) for (const root of await rootsOf(input)) enqueue(root)
 
-  const walk = new AbortController()
-  const signal = outer ? AbortSignal.any([outer, walk.signal]) : walk.signal
+  const walking = new AbortController()
+  const signal = outer ? AbortSignal.any([outer, walking.signal]) : walking.signal
   const running = new Map<string, Promise<Lookup>>()
-  const misses: ClosureMiss[] = []
   const lookup = async (hashPart: string, storePath: string): Promise<Lookup> => {
     try {
       const found = await resolveNarInfo(hashPart, {
@@ -113,8 +151,8 @@ export async function* walkClosure(
       signal.throwIfAborted()
       if ('error' in done) {
         const miss = { storePath: done.storePath, error: done.error }
-        if (options.onMissing) options.onMissing(miss)
-        else misses.push(miss)
+        misses.push(miss)
+        options.onMissing?.(miss)
         continue
       }
       for (const reference of done.result.narInfo.references) {
@@ -125,12 +163,6 @@ export async function* walkClosure(
     }
     outer?.throwIfAborted()
   } finally {
-    walk.abort(new NarraceError('the closure walk ended'))
-  }
-  if (misses.length > 0) {
-    throw new NarNotFoundError(
-      `${misses.length} path(s) of the closure are on no cache: ${misses.map((m) => m.storePath).join(', ')}`,
-      { errors: misses },
-    )
+    walking.abort(new NarraceError('the closure walk ended'))
   }
 }

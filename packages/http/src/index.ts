@@ -4,6 +4,7 @@ export {
   walkClosure,
   type ClosureEntry,
   type ClosureMiss,
+  type ClosureWalk,
   type WalkClosureOptions,
 } from './closure.js'
 export {

@@ -1,3 +1,6 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { InvalidNarHashError, NarNotFoundError } from '@narrace/core'
 import { Agent } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -113,17 +116,28 @@ describe('walkClosure', () => {
     expect(misses[0]!.error).toBeInstanceOf(NarNotFoundError)
   })
 
-  it('without onMissing, yields the rest and then rejects with NarNotFoundError listing the missing paths', async () => {
+  it('without onMissing, yields the rest, ends normally and lists the missing paths in `missing`', async () => {
     main.setFaults({ status: 404 }, `${diamond[1]!.hashPart}.narinfo`)
     const seen: string[] = []
-    const error = await (async () => {
-      for await (const entry of walkClosure([diamond[0]!.storePath], { caches: [main.url], dispatcher })) {
-        seen.push(entry.storePath)
-      }
-    })().catch((e: unknown) => e)
+    const walk = walkClosure([diamond[0]!.storePath], { caches: [main.url], dispatcher })
+    for await (const entry of walk) seen.push(entry.storePath)
     expect(seen.sort()).toEqual([diamond[0], diamond[2], diamond[3]].map((p) => p!.storePath).sort())
-    expect(error).toBeInstanceOf(NarNotFoundError)
-    expect((error as NarNotFoundError).errors).toMatchObject([{ storePath: diamond[1]!.storePath }])
+    expect(walk.missing).toMatchObject([{ storePath: diamond[1]!.storePath }])
+    expect(walk.missing[0]!.error).toBeInstanceOf(NarNotFoundError)
+  })
+
+  it('reads a file with one store path or hash part a line', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'narrace-list-'))
+    try {
+      const list = join(dir, 'subscription.txt')
+      await writeFile(list, `# my closures\n${diamond[1]!.storePath}\n\n${diamond[2]!.hashPart}  # right\n`)
+      const seen = await collect(walkClosure([list], { caches: [main.url], dispatcher }))
+      expect(seen.sort()).toEqual([diamond[1], diamond[2], diamond[3]].map((p) => p!.storePath).sort())
+      await writeFile(list, `${diamond[1]!.storePath}\nnot-a-path\n`)
+      await expect(collect(walkClosure([list], { caches: [main.url], dispatcher }))).rejects.toThrow(/subscription.txt:2/)
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
   })
 
   it('a path whose only narinfo has a bad signature is reported like a missing one', async () => {
