@@ -180,6 +180,35 @@ describe('ipfsBackend over Helia bitswap', () => {
     expect(performance.now() - t0).toBeLessThan(10_000)
   })
 
+  it('fetches a raw CID again at once after an earlier fetch of it was aborted', async () => {
+    const bytes = randomBytes(200_000)
+    const hash = hashOf(bytes)
+    await publishToIpfs(bytes, { helia: provider })
+    const backend = ipfsBackend({ helia: fetcher, firstByteTimeoutMs: 5_000 })
+    const controller = new AbortController()
+    const lost = backend.fetch(hash, { signal: controller.signal }).then((source) => source.body[Symbol.asyncIterator]().next())
+    // Aborted in flight, as a loser of resolveNar's race is: once its want is on the want list, before a byte came back.
+    await new Promise((resolve) => setTimeout(resolve, 5))
+    controller.abort(new Error('lost the race'))
+    await lost.catch(() => {})
+    const source = await backend.fetch(hash, { signal: AbortSignal.timeout(20_000) })
+    expect((await readAll(source.body)).equals(bytes)).toBe(true)
+  })
+
+  it('keeps fetching a block for one caller when another caller of the same block aborts', async () => {
+    const bytes = randomBytes(200_000)
+    const hash = hashOf(bytes)
+    await publishToIpfs(bytes, { helia: provider })
+    const backend = ipfsBackend({ helia: fetcher, firstByteTimeoutMs: 5_000 })
+    const controller = new AbortController()
+    const lost = backend.fetch(hash, { signal: controller.signal })
+    const kept = backend.fetch(hash, { signal: AbortSignal.timeout(20_000) })
+    await new Promise((resolve) => setTimeout(resolve, 5))
+    controller.abort(new Error('lost the race'))
+    await lost.catch(() => {})
+    expect((await readAll((await kept).body)).equals(bytes)).toBe(true)
+  })
+
   it('stops promptly when the caller aborts while waiting for the first byte', async () => {
     const backend = ipfsBackend({ helia: fetcher })
     const controller = new AbortController()

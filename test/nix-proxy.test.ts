@@ -50,6 +50,9 @@ async function loopbackHelia(): Promise<Helia> {
       streamMuxers: [yamux()],
       peerDiscovery: [],
       services: { identify: identify() },
+      // Every peer here is on 127.0.0.1, and test 3 dials the provider from a new node per case: libp2p
+      // would refuse more than 5 inbound connections a second from one host.
+      connectionManager: { allow: ['/ip4/127.0.0.1'] },
     },
     http: { delegatedRouters: [], recursiveGateways: [] },
   })
@@ -139,17 +142,26 @@ describe.skipIf(!nixAvailable)('real Nix through the proxy', () => {
 
   describe('3. the upstream has the narinfo but its NAR is gone or corrupt; IPFS or a torrent has it', () => {
     let provider: Helia
-    let fetcher: Helia
     let tracker: Tracker
     let seeder: ReturnType<typeof newClient>
     let index: NarIndex
 
+    /** A Helia node connected to the provider that holds no block yet, so every case fetches over bitswap. */
+    async function newFetcher(): Promise<Helia> {
+      const fetcher = await loopbackHelia()
+      const libp2p = (node: Helia) => (node as Helia & { libp2p: { dial(a: unknown): Promise<unknown>; getMultiaddrs(): unknown[] } }).libp2p
+      try {
+        await libp2p(fetcher).dial(libp2p(provider).getMultiaddrs()[0])
+      } catch (error) {
+        await fetcher.stop()
+        throw error
+      }
+      return fetcher
+    }
+
     beforeAll(async () => {
       index = openIndex()
       provider = await loopbackHelia()
-      fetcher = await loopbackHelia()
-      const libp2p = (node: Helia) => (node as Helia & { libp2p: { dial(a: unknown): Promise<unknown>; getMultiaddrs(): unknown[] } }).libp2p
-      await libp2p(fetcher).dial(libp2p(provider).getMultiaddrs()[0])
       for (const name of ['200k', '5m']) await publishToIpfs(fixtures.narPath(name), { helia: provider, index })
       tracker = await startTracker()
       seeder = newClient()
@@ -158,13 +170,13 @@ describe.skipIf(!nixAvailable)('real Nix through the proxy', () => {
     afterAll(async () => {
       await seeder?.close()
       await tracker?.close()
-      await fetcher?.stop()
       await provider?.stop()
       index?.close()
     })
 
     it.each([
       ['gone', '200k', { status: 404 }, 'ipfs'],
+      ['corrupt', '200k', { flipByteAt: 100_000 }, 'ipfs'],
       ['gone', '5m', { status: 404 }, 'ipfs'],
       ['corrupt', '5m', { flipByteAt: 4_000_000 }, 'ipfs'],
       ['gone', '900k', { status: 410 }, 'torrent'],
@@ -172,6 +184,7 @@ describe.skipIf(!nixAvailable)('real Nix through the proxy', () => {
     ])('NAR %s at the upstream (%s): Nix succeeds from %s', async (_what, name, faults, source) => {
       const path = fixtures.path(name)
       upstream.setFaults(faults, path.url)
+      const fetcher = await newFetcher()
       const ipfs = ipfsBackend({ helia: fetcher, index })
       const torrent = torrentBackend({ index, announce: tracker.announce })
       try {
@@ -183,6 +196,7 @@ describe.skipIf(!nixAvailable)('real Nix through the proxy', () => {
       } finally {
         await Promise.all(proxies.splice(0).map((p) => p.close()))
         await torrent.close()
+        await fetcher.stop()
       }
     })
   })

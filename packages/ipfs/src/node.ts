@@ -3,6 +3,7 @@ import { unixfs } from '@helia/unixfs'
 import { fixedSize } from 'ipfs-unixfs-importer/chunker'
 import { create, type KuboRPCClient } from 'kubo-rpc-client'
 import type { CID } from 'multiformats/cid'
+import { sharedBlockReads } from './block-reads.js'
 
 /** Where Kubo's RPC API listens by default. */
 export const DEFAULT_KUBO_API = 'http://127.0.0.1:5001'
@@ -45,7 +46,8 @@ function kuboNode(client: KuboRPCClient): IpfsNode {
 }
 
 function heliaNode(helia: Pick<Helia, 'blockstore'>): IpfsNode {
-  const fs = unixfs(helia)
+  // Not unixfs(helia): Helia's bitswap mishandles aborted wants, which sharedBlockReads keeps from it.
+  const fs = unixfs({ blockstore: sharedBlockReads(helia.blockstore) })
   const addOptions = { cidVersion: 1, rawLeaves: true, chunker: fixedSize({ chunkSize: CHUNK_SIZE }) } as const
   return {
     kind: 'helia',
