@@ -32,21 +32,19 @@ export class NarNotFoundError extends NarraceError {
   }
 }
 
-/** Thrown when the bytes don't hash to the FileHash. */
-export class NarHashMismatchError extends NarraceError {
+/**
+ * Thrown when the bytes don't hash to the FileHash. `expected` and `actual` are `sha256:<nix32>` strings;
+ * in the NarSizeMismatchError subclass they are byte counts.
+ */
+export class NarHashMismatchError<T extends string | number = string> extends NarraceError {
   override name: 'NarHashMismatchError' | 'NarSizeMismatchError' = 'NarHashMismatchError'
   override readonly code: 'NARRACE_HASH_MISMATCH' | 'NARRACE_SIZE_MISMATCH' = 'NARRACE_HASH_MISMATCH'
-  /** The FileHash, `sha256:<nix32>`. */
-  readonly expected: string
-  /** The SHA-256 of the bytes received; empty when a size mismatch stopped the download first. */
-  readonly actual: string
-  /** The backends whose bytes were hashed. */
+  readonly expected: T
+  readonly actual: T
+  /** The backends whose bytes were received. */
   readonly sources: string[]
 
-  constructor(
-    message: string,
-    options: { expected: string; actual: string; sources: string[]; cause?: unknown },
-  ) {
+  constructor(message: string, options: { expected: T; actual: T; sources: string[]; cause?: unknown }) {
     super(message, options)
     this.expected = options.expected
     this.actual = options.actual
@@ -55,22 +53,22 @@ export class NarHashMismatchError extends NarraceError {
 }
 
 /**
- * Thrown when a source delivers or announces more or fewer bytes than the FileSize. A file of the wrong
- * length can't hash to the FileHash, so this is a hash mismatch found early, and extends that class.
+ * Thrown when a source delivers or announces more or fewer bytes than the FileSize (`expected` and
+ * `actual` are sizes). A file of the wrong length can't hash to the FileHash, so this is a hash mismatch
+ * found early, and extends that class: `instanceof NarHashMismatchError` catches both.
  */
-export class NarSizeMismatchError extends NarHashMismatchError {
+export class NarSizeMismatchError extends NarHashMismatchError<number> {
   override name = 'NarSizeMismatchError' as const
   override readonly code = 'NARRACE_SIZE_MISMATCH' as const
-  readonly expectedSize: number
-  readonly actualSize: number
+  /** The FileHash, `sha256:<nix32>`, when known. */
+  readonly hash: string | undefined
 
   constructor(
     message: string,
     options: { expected: number; actual: number; hash?: string; sources?: string[]; cause?: unknown },
   ) {
-    super(message, { expected: options.hash ?? '', actual: '', sources: options.sources ?? [], cause: options.cause })
-    this.expectedSize = options.expected
-    this.actualSize = options.actual
+    super(message, { expected: options.expected, actual: options.actual, sources: options.sources ?? [], cause: options.cause })
+    this.hash = options.hash
   }
 }
 

@@ -211,7 +211,7 @@ describe('resolveNar: verification', () => {
     const stream = await resolveNar(hash, { backends: [scripted('long', data)], size: data.length - 10 })
     const error = await collect(stream).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(NarSizeMismatchError)
-    expect(error).toMatchObject({ code: 'NARRACE_SIZE_MISMATCH', expectedSize: data.length - 10, expected: hash.toString() })
+    expect(error).toMatchObject({ code: 'NARRACE_SIZE_MISMATCH', expected: data.length - 10, hash: hash.toString() })
     // a file of the wrong length can't hash to the FileHash
     expect(error).toBeInstanceOf(NarHashMismatchError)
   })
@@ -223,14 +223,14 @@ describe('resolveNar: verification', () => {
     })
     const error = await collect(stream).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(NarSizeMismatchError)
-    expect(error).toMatchObject({ expectedSize: data.length, actualSize: 5000, sources: ['short'] })
+    expect(error).toMatchObject({ expected: data.length, actual: 5000, sources: ['short'] })
   })
 
   it('rejects with the size mismatch when every backend announces the wrong size', async () => {
     const liar = scripted('liar', data, { announceSize: data.length + 1 })
     const error = await resolveNar(hash, { backends: [liar], size: data.length }).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(NarSizeMismatchError)
-    expect(error).toMatchObject({ expectedSize: data.length, actualSize: data.length + 1 })
+    expect(error).toMatchObject({ expected: data.length, actual: data.length + 1 })
   })
 
   it('without a FileSize, a truncated body fails the hash check', async () => {
