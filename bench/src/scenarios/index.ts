@@ -1,0 +1,14 @@
+import type { Scenario } from '../scenario.js'
+import { backends } from './backends.js'
+import { concurrency } from './concurrency.js'
+import { coreOverhead } from './core-overhead.js'
+import { failover } from './failover.js'
+import { http } from './http.js'
+import { ipfs } from './ipfs.js'
+import { nix } from './nix.js'
+import { overhead } from './overhead.js'
+import { race } from './race.js'
+import { torrent } from './torrent.js'
+
+/** Every scenario, in the order `pnpm bench` runs them. */
+export const SCENARIOS: Scenario[] = [coreOverhead, http, overhead, backends, race, failover, concurrency, ipfs, torrent, nix]

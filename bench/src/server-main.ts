@@ -1,0 +1,3 @@
+import { serveFromChild } from './server.js'
+
+await serveFromChild()
