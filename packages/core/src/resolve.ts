@@ -32,6 +32,13 @@ interface Active {
   /** The first chunk, read during the race and not yet delivered. */
   first: Uint8Array | undefined
   size: number | undefined
+  /** When the pending read started; undefined while the consumer holds a chunk. */
+  waitingSince?: number | undefined
+  /** Fails the pending read: set while one is pending. */
+  wake?: ((error: unknown) => void) | undefined
+  /** The one stall timer of this source, re-armed only when it fires. */
+  timer?: ReturnType<typeof setTimeout> | undefined
+  onAbort?: (() => void) | undefined
 }
 
 /** Marks an abort that narrace itself caused, so it is never reported as a backend failure. */
@@ -289,10 +296,70 @@ class Download {
     return body![Symbol.asyncIterator]()
   }
 
+  /**
+   * Makes a source the active one. Reads of it share one abort listener and one stall timer instead of
+   * a timer and a listener per chunk, which at 16 KiB chunks would cost more than the hashing.
+   */
+  private activate(active: Active): Active {
+    active.onAbort = () => active.wake?.(active.signal.reason)
+    active.signal.addEventListener('abort', active.onAbort, { once: true })
+    this.active = active
+    return active
+  }
+
+  /** Stops watching a source, and unless it finished, aborts it and closes its body. */
+  private release(active: Active, reason?: unknown): void {
+    clearTimeout(active.timer)
+    active.timer = undefined
+    if (active.onAbort) active.signal.removeEventListener('abort', active.onAbort)
+    if (reason !== undefined) active.controller.abort(reason)
+    closeIterator(active.iterator)
+  }
+
+  private armStall(active: Active, ms: number): void {
+    active.timer = setTimeout(() => {
+      active.timer = undefined
+      // Not reading: the consumer is slow, not the source. The next read arms the timer again.
+      if (active.waitingSince === undefined) return
+      const waited = performance.now() - active.waitingSince
+      if (waited < this.stallMs) {
+        this.armStall(active, this.stallMs - waited)
+        return
+      }
+      active.wake?.(
+        new NarStallError(`${active.entry.name} stalled for ${this.stallMs} ms at byte ${this.bytesRead} of ${this.hash}`, {
+          backend: active.entry.name,
+          timeoutMs: this.stallMs,
+        }),
+      )
+    }, ms)
+  }
+
+  /** The active source's next step; rejects on its abort and when it stalls. */
+  private step(active: Active): Promise<IteratorResult<Uint8Array>> {
+    if (active.signal.aborted) return Promise.reject(active.signal.reason)
+    return new Promise<IteratorResult<Uint8Array>>((resolve, reject) => {
+      const settle = (): boolean => {
+        if (active.wake !== wake) return false
+        active.wake = undefined
+        active.waitingSince = undefined
+        return true
+      }
+      const wake = (error: unknown): void => {
+        if (settle()) reject(error)
+      }
+      active.wake = wake
+      active.waitingSince = performance.now()
+      if (active.timer === undefined && Number.isFinite(this.stallMs)) this.armStall(active, this.stallMs)
+      active.iterator.next().then((result) => {
+        if (settle()) resolve(result)
+      }, wake)
+    })
+  }
+
   /** Runs the first race and makes its winner the active source. */
   async start(): Promise<void> {
-    const active = await this.race(this.entries, 0, true)
-    this.active = active
+    const active = this.activate(await this.race(this.entries, 0, true))
     this.winner = active.entry.name
     this.expected ??= active.size
     this.emit('win', active.entry.name)
@@ -302,20 +369,19 @@ class Download {
   private async failover(cause: unknown): Promise<void> {
     const failed = this.active!
     this.active = undefined
-    failed.controller.abort(cause)
-    closeIterator(failed.iterator)
+    this.release(failed, cause)
     this.strike(failed.entry, cause)
     let candidates = this.entries.filter((e) => !e.dead && e !== failed.entry)
     if (candidates.length === 0 && !failed.entry.dead) candidates = [failed.entry]
     if (candidates.length === 0) throw cause
     try {
-      this.active = await this.race(candidates, this.bytesRead, false)
+      this.activate(await this.race(candidates, this.bytesRead, false))
     } catch (error) {
       if (this.signal?.aborted) throw this.signal.reason
       throw cause
     }
-    this.expected ??= this.active.size
-    this.emit('failover', this.active.entry.name)
+    this.expected ??= this.active!.size
+    this.emit('failover', this.active!.entry.name)
   }
 
   /** The next verified-so-far chunk, or undefined at a verified end. Fails over on errors, stalls and short ends. */
@@ -330,12 +396,7 @@ class Download {
       } else {
         let step: IteratorResult<Uint8Array>
         try {
-          step = await guard(active.iterator.next(), active.signal, this.stallMs, () => {
-            return new NarStallError(
-              `${active.entry.name} stalled for ${this.stallMs} ms at byte ${this.bytesRead} of ${this.hash}`,
-              { backend: active.entry.name, timeoutMs: this.stallMs },
-            )
-          })
+          step = await this.step(active)
         } catch (error) {
           if (this.signal?.aborted) throw this.signal.reason
           if (this.active !== active) throw error
@@ -399,10 +460,7 @@ class Download {
   async restart(cause: unknown): Promise<void> {
     const failed = this.active
     this.active = undefined
-    if (failed) {
-      failed.controller.abort(cause)
-      closeIterator(failed.iterator)
-    }
+    if (failed) this.release(failed, cause)
     for (const name of this.sources) {
       const entry = this.entries.find((e) => e.name === name)
       if (entry && !entry.dead) this.strike(entry, cause)
@@ -413,15 +471,15 @@ class Download {
     this.expected = this.fileSize
     const candidates = this.entries.filter((e) => !e.dead)
     try {
-      this.active = await this.race(candidates, 0, false)
+      this.activate(await this.race(candidates, 0, false))
     } catch (error) {
       if (this.signal?.aborted) throw this.signal.reason
       if (error instanceof NarNotFoundError && cause instanceof NarraceError) throw cause
       throw error
     }
-    this.winner = this.active.entry.name
-    this.expected ??= this.active.size
-    this.emit('failover', this.active.entry.name)
+    this.winner = this.active!.entry.name
+    this.expected ??= this.active!.size
+    this.emit('failover', this.active!.entry.name)
   }
 
   /** Cancels whatever is still running. Safe to call more than once. */
@@ -429,11 +487,12 @@ class Download {
     const active = this.active
     this.active = undefined
     if (!active) return
-    if (!this.finished) {
-      active.controller.abort(reason ?? new LostRaceError('the consumer stopped reading'))
-      this.emit('abort', active.entry.name)
+    if (this.finished) {
+      this.release(active)
+      return
     }
-    closeIterator(active.iterator)
+    this.release(active, reason ?? new LostRaceError('the consumer stopped reading'))
+    this.emit('abort', active.entry.name)
   }
 }
 

@@ -279,6 +279,18 @@ describe('resolveNar: fail-over', () => {
     expect(events.find((e) => e.type === 'fail' && e.backend === 'stalls')?.error).toBeInstanceOf(NarStallError)
   })
 
+  it('never takes a slow consumer for a stalled source', async () => {
+    const only = scripted('only', data, { chunkSize: 16 * 1024 })
+    const stream = await resolveNar(hash, { backends: [only], stallTimeoutMs: 40 })
+    const parts: Uint8Array[] = []
+    for await (const chunk of stream) {
+      parts.push(chunk)
+      await delay(70)
+    }
+    expect(Buffer.concat(parts).equals(data)).toBe(true)
+    expect(only.calls).toHaveLength(1)
+  })
+
   it('treats a source that sends no byte within stallTimeoutMs as failed', async () => {
     const silent = scripted('silent', data, { stallAt: 0 })
     const error = await resolveNar(hash, { backends: [silent], stallTimeoutMs: 50 }).catch((e: unknown) => e)
