@@ -1,11 +1,7 @@
 import { defineConfig } from 'tsup'
+import { base } from '../../tsup.base'
 
 export default defineConfig({
-  // keep `node:` specifiers: `node:sqlite` has no bare alias
-  removeNodeProtocol: false,
+  ...base,
   entry: ['src/main.ts'],
-  format: ['esm'],
-  target: 'node22',
-  sourcemap: true,
-  clean: true,
 })

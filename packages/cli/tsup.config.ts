@@ -1,12 +1,8 @@
 import { defineConfig } from 'tsup'
+import { base } from '../../tsup.base'
 
 export default defineConfig({
-  // keep `node:` specifiers: `node:sqlite` has no bare alias
-  removeNodeProtocol: false,
+  ...base,
   entry: ['src/index.ts', 'src/cli.ts'],
-  format: ['esm'],
-  target: 'node22',
   dts: { entry: 'src/index.ts' },
-  sourcemap: true,
-  clean: true,
 })

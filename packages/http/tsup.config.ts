@@ -1,12 +1,8 @@
 import { defineConfig } from 'tsup'
+import { base } from '../../tsup.base'
 
 export default defineConfig({
-  // keep `node:` specifiers: `node:sqlite` has no bare alias
-  removeNodeProtocol: false,
+  ...base,
   entry: ['src/index.ts'],
-  format: ['esm'],
-  target: 'node22',
   dts: true,
-  sourcemap: true,
-  clean: true,
 })

@@ -1,12 +1,8 @@
 import { defineConfig } from 'tsup'
+import { base } from '../../tsup.base'
 
 export default defineConfig({
+  ...base,
   entry: ['src/index.ts'],
-  format: ['esm'],
-  target: 'node22',
   dts: true,
-  sourcemap: true,
-  clean: true,
-  // node:sqlite has no bare name: tsup must keep the node: prefix.
-  removeNodeProtocol: false,
 })
