@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { prefetchCommand, type CommandIO } from '../packages/cli/src/index.js'
 import { runCli, startCli } from '../packages/cli/test/support/run-cli.js'
 import { fixtures } from './fixtures/index.js'
+import { startKuboRpc, type KuboRpc } from './support/kubo-rpc.js'
 import { startCacheServer, type CacheServer } from './support/cache-server.js'
 
 const PUBLISHED = ['diamond-bottom', '200k', '5m']
@@ -32,36 +33,18 @@ describe('narrace publish', () => {
   let cache: string
   let http: CacheServer
   let api = ''
-  let ipfs: { stop(): Promise<void> } | undefined
-  let ipfsServer: { start(): Promise<void>; stop(): Promise<void>; apiAddr: { nodeAddress(): { port: number } } } | undefined
+  let kubo: KuboRpc | undefined
 
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'narrace-cli-publish-'))
     cache = await smallCache(join(work, 'cache'), PUBLISHED)
     http = await startCacheServer({ root: fixtures.cacheDir })
-    // A real Kubo RPC API: ipfs-core behind ipfs-http-server, offline, on loopback.
-    const { create } = await import('ipfs-core')
-    const { HttpApi } = await import('ipfs-http-server')
-    const node = await create({
-      repo: join(work, 'ipfs-repo'),
-      offline: true,
-      preload: { enabled: false },
-      silent: true,
-      config: {
-        Addresses: { API: '/ip4/127.0.0.1/tcp/0', Gateway: '/ip4/127.0.0.1/tcp/0', Swarm: [] },
-        Bootstrap: [],
-        Discovery: { MDNS: { Enabled: false }, webRTCStar: { Enabled: false } },
-      },
-    })
-    ipfs = node
-    ipfsServer = new HttpApi(node) as unknown as typeof ipfsServer
-    await ipfsServer!.start()
-    api = `http://127.0.0.1:${ipfsServer!.apiAddr.nodeAddress().port}`
+    kubo = await startKuboRpc(work)
+    api = kubo.url
   })
 
   afterAll(async () => {
-    await ipfsServer?.stop()
-    await ipfs?.stop()
+    await kubo?.stop()
     await http?.close()
     await rm(work, { recursive: true, force: true })
   })

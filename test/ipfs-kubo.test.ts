@@ -12,6 +12,7 @@ import { openIndex, type NarIndex } from '@narrace/index'
 import { ipfsBackend, narCid, publishToIpfs } from '@narrace/ipfs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { fixtures } from './fixtures/index.js'
+import { startKuboRpc, type KuboRpc } from './support/kubo-rpc.js'
 
 const run = promisify(execFile)
 
@@ -67,33 +68,16 @@ function rpcChecks(api: () => string): void {
 describe('the Kubo RPC path against ipfs-core + ipfs-http-server', () => {
   let dir: string
   let url = ''
-  let node: { stop(): Promise<void> } | undefined
-  let server: { stop(): Promise<void>; apiAddr: { nodeAddress(): { port: number } } } | undefined
+  let kubo: KuboRpc | undefined
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'narrace-ipfs-core-'))
-    const { create } = await import('ipfs-core')
-    const { HttpApi } = await import('ipfs-http-server')
-    const ipfs = await create({
-      repo: join(dir, 'repo'),
-      offline: true,
-      preload: { enabled: false },
-      silent: true,
-      config: {
-        Addresses: { API: '/ip4/127.0.0.1/tcp/0', Gateway: '/ip4/127.0.0.1/tcp/0', Swarm: [] },
-        Bootstrap: [],
-        Discovery: { MDNS: { Enabled: false }, webRTCStar: { Enabled: false } },
-      },
-    })
-    node = ipfs
-    server = new HttpApi(ipfs) as unknown as typeof server
-    await server!.start()
-    url = `http://127.0.0.1:${server!.apiAddr.nodeAddress().port}`
+    kubo = await startKuboRpc(dir)
+    url = kubo.url
   })
 
   afterAll(async () => {
-    await server?.stop()
-    await node?.stop()
+    await kubo?.stop()
     if (dir) await rm(dir, { recursive: true, force: true })
   })
 
