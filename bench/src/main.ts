@@ -21,7 +21,7 @@ process.once('SIGINT', () => controller.abort(new Error('interrupted')))
 
 async function runHere(scenario: Scenario): Promise<boolean> {
   const started = performance.now()
-  console.error(`\n== ${scenario.name}: ${scenario.title}`)
+  console.error(`\n== ${scenario.title}`)
   try {
     const output = await scenario.run({ signal: controller.signal, log: (line) => console.error(`  ${line}`) })
     const durationMs = performance.now() - started

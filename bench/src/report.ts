@@ -154,7 +154,7 @@ export async function buildReport(results: ScenarioResult[], floors: Record<stri
     'pnpm bench                 # builds the packages it loads, then runs every scenario (under 10 minutes on 2 cores)',
     'pnpm bench race            # one scenario: ' + ORDER.join(', '),
     'pnpm bench:report          # rewrite this file and charts/*.svg',
-    'pnpm bench:check           # exit 1 when a ratio is below its floor in floors.json',
+    'pnpm bench:check [dir]     # exit 1 when a ratio in results/ (or dir) is past its floor in floors.json',
     '```\n',
     'The `nix` scenario needs `nix` on PATH (Debian: `apt-get install nix-bin`) and uses the Nix-made fixture',
     'cache in `test/fixtures/`. CI does not run the bench; `bench/test/` holds quick, untimed tests of the',

@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest'
-import { checkFloors } from '../src/check.js'
 import { buildReport, table } from '../src/report.js'
 import type { ScenarioResult } from '../src/results.js'
 
@@ -67,20 +66,5 @@ describe('report', () => {
 
   it('escapes pipes and shows missing values as a dash', () => {
     expect(table([{ a: 'x|y', b: null }])).toBe('| a | b |\n| --- | --- |\n| x\\|y | – |\n')
-  })
-})
-
-describe('check', () => {
-  it('passes within the floors and fails below them or when a ratio is missing', () => {
-    const verdicts = checkFloors(results, {
-      'race/race-vs-sequential-dead-first': { max: 0.1 },
-      'http/narrace-vs-undici-inline-hash': { min: 0.9 },
-    })
-    expect(verdicts.map((v) => [v.id, v.ok, v.why])).toEqual([
-      ['race/race-vs-sequential-dead-first', true, ''],
-      ['http/narrace-vs-undici-inline-hash', false, 'not measured'],
-    ])
-    const below = checkFloors(results, { 'race/race-vs-sequential-dead-first': { max: 0.001 } })
-    expect(below[0]).toMatchObject({ ok: false, why: '0.01 > 0.001' })
   })
 })

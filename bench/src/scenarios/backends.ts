@@ -73,7 +73,7 @@ export const backends: Scenario = {
         'Every source on 127.0.0.1. HTTP goes through the shaper: lan (1 ms RTT, 125 MB/s), fast-cdn (20 ms, 50 MiB/s), far-cache (250 ms, 2 MiB/s; 100 KiB and 4 MiB only).',
         'The shaper adds one RTT for the TCP handshake and one for request and response, so a cold HTTP first byte costs about 2 RTT.',
         'Each run makes a new backend (a cold connection). TTFB is from the call to resolveNar to the first verified-so-far chunk; throughput is size over the whole verified download.',
-        'IPFS: two Helia nodes in this process; the fetching node dials the publishing one through the shaper, so libp2p (noise, yamux, bitswap) crosses the same links as HTTP.',
+        'IPFS: two Helia nodes in this process; the fetching node dials the publishing one through the shaper, so libp2p (noise, yamux, bitswap) crosses the same links as HTTP. It dials once per profile and stays connected, so unlike HTTP its runs start without a handshake, which favours IPFS.',
         'Torrent: a tracker and one webtorrent seeder in this process, on unshaped loopback: peers connect to the ports the tracker hands out, which the shaper cannot sit in front of.',
       ],
       ratios: [

@@ -41,7 +41,7 @@ export const ipfs: Scenario = {
       return {
         assumptions: [
           'Two Helia 7 nodes in this process, libp2p over loopback TCP with noise and yamux, dialled directly; no discovery or routing. One publishes (1 MiB raw-leaf chunks, CIDv1), the other backs ipfsBackend.',
-          'Every run fetches a file not fetched before, so the fetching node has no block of it. 200 KiB is found by its raw CID, 4 and 64 MiB through the index.',
+          'Every run fetches a file not fetched before, so the fetching node has no block of it. 200 KiB is found by its raw CID, 4 and 64 MiB through the index. The fetching node dials the publisher once and stays connected, so its first bytes leave out the libp2p handshake, while each HTTP run includes its TCP connect.',
           'HTTP: httpBackend against a node:http server in a separate process, unshaped, a new backend per run. No fixed goal: the numbers record where IPFS stands.',
         ],
         ratios,

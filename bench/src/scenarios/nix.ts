@@ -94,7 +94,7 @@ export const nix: Scenario = {
       assumptions: [
         `Real Nix (nix-bin, no daemon, a fresh store and narinfo cache per run) substitutes closure-root and its 19 references from the checked-in Nix-made fixture cache, signatures checked.`,
         `The healthy cache is that folder served over HTTP behind a fast-cdn link (${PROFILES['fast-cdn'].rttMs} ms RTT); the dead cache is a blackhole. Every Nix run sets connect-timeout = ${NIX_CONNECT_TIMEOUT_MS / 1000} s; Nix's other settings are its defaults (download-attempts = 5, so a dead cache costs several timeouts).`,
-        'The proxy (examples/proxy) is started fresh for each run with the dead and the healthy cache as upstreams.',
+        'The proxy (examples/proxy) is started fresh for each run with the dead and the healthy cache as upstreams. `nix copy --from` takes a single store, so the caches listed directly as substituters are compared with `nix-store --realise` and `--option substituters`, through the proxy and without it.',
       ],
       ratios,
       tables: [{ caption: 'nix, 20-path closure', rows }],

@@ -127,7 +127,7 @@ export const race: Scenario = {
       assumptions: [
         `A new ${formatSize(SIZE)} NAR each run. Two HTTP caches in front of one server: the first listed is far-cache (250 ms RTT, 2 MiB/s) or dead (a blackhole: its TCP connect never completes), the second is fast-cdn (20 ms RTT, 50 MiB/s). Third, IPFS: a Helia peer holding the NAR, reached over its own fast-cdn link.`,
         `Sequential is Nix's order with the same backends, one after another, moving on when one fails; a dead cache costs a ${NIX_CONNECT_TIMEOUT_MS / 1000} s connect timeout (Nix 2.x defaults to curl's 300 s, so this favours the baseline).`,
-        'Times are from the call to the verified end. Every run makes new backends, so connects are cold.',
+        'Times are from the call to the verified end. Every run makes new backends, so HTTP connects are cold; the IPFS node dials its peer once and stays connected, which favours IPFS.',
         'Torrent is left out of this race: its peers connect to the ports the tracker hands out, on unshaped loopback, which would hand it every race against shaped sources. The backends and torrent scenarios measure it alone.',
       ],
       ratios,
