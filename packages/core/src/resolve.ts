@@ -49,6 +49,14 @@ class LostRaceError extends NarraceError {
 
 const noop = (): void => {}
 
+/** After this many empty chunks in a row, narrace lets timers and I/O run before it reads on. */
+const EMPTY_RUN = 64
+
+/** A source that only ever yields empty chunks resolves every read at once and would starve the timers. */
+function breathe(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve))
+}
+
 /**
  * Waits for `promise`, but rejects with `signal.reason` on abort and with `onStall()` after `ms`.
  * The promise's own rejection is always handled, so a dropped source never raises an unhandled rejection.
@@ -248,6 +256,7 @@ class Download {
       })
       iterator = this.open(source, entry.name, offset)
       let skip = offset - source.offset
+      let empty = 0
       for (;;) {
         const step = await guard(iterator.next(), signal, deadline - performance.now(), onStall)
         if (step.done) {
@@ -260,7 +269,12 @@ class Download {
           chunk = chunk.subarray(dropped)
           skip -= dropped
         }
-        if (chunk.length === 0) continue
+        if (chunk.length === 0) {
+          // No byte: it can neither win nor put off the stall.
+          if (performance.now() >= deadline) throw onStall()
+          if (++empty % EMPTY_RUN === 0) await breathe()
+          continue
+        }
         if (state.settled) throw new LostRaceError('race already won')
         state.settled = true
         this.emit('first-byte', entry.name)
@@ -312,7 +326,11 @@ class Download {
     clearTimeout(active.timer)
     active.timer = undefined
     if (active.onAbort) active.signal.removeEventListener('abort', active.onAbort)
-    if (reason !== undefined) active.controller.abort(reason)
+    if (reason !== undefined) {
+      active.controller.abort(reason)
+      // A pending read must not wait for a source that ignores its signal.
+      active.wake?.(reason)
+    }
     closeIterator(active.iterator)
   }
 
@@ -386,6 +404,8 @@ class Download {
 
   /** The next verified-so-far chunk, or undefined at a verified end. Fails over on errors, stalls and short ends. */
   async read(): Promise<Uint8Array | undefined> {
+    let empty = 0
+    let emptySince = 0
     for (;;) {
       const active = this.active
       if (!active) throw new NarraceError('the stream is closed')
@@ -422,7 +442,18 @@ class Download {
           continue
         }
       }
-      if (chunk.length === 0) continue
+      if (chunk.length === 0) {
+        // Empty chunks are no progress: a run of them as long as stallTimeoutMs is a stall.
+        if (empty++ === 0) emptySince = performance.now()
+        else if (performance.now() - emptySince >= this.stallMs) {
+          empty = 0
+          const why = `${active.entry.name} sent only empty chunks for ${this.stallMs} ms at byte ${this.bytesRead} of ${this.hash}`
+          await this.failover(new NarStallError(why, { backend: active.entry.name, timeoutMs: this.stallMs }))
+          continue
+        }
+        if (empty % EMPTY_RUN === 0) await breathe()
+        continue
+      }
       if (this.expected !== undefined && this.bytesRead + chunk.length > this.expected) {
         throw new NarSizeMismatchError(
           `${active.entry.name} sent more than the ${this.expected} bytes of ${this.hash}`,
@@ -461,7 +492,9 @@ class Download {
     const failed = this.active
     this.active = undefined
     if (failed) this.release(failed, cause)
-    for (const name of this.sources) {
+    // The active source is to blame too: it may have sent too much before it got into `sources`.
+    const blamed = new Set(failed ? [...this.sources, failed.entry.name] : this.sources)
+    for (const name of blamed) {
       const entry = this.entries.find((e) => e.name === name)
       if (entry && !entry.dead) this.strike(entry, cause)
     }
@@ -535,21 +568,28 @@ class Stream implements NarStream {
       download.close()
       return { done: true, value: undefined }
     }
-    return {
-      async next(): Promise<IteratorResult<Uint8Array>> {
+    const pull = async (): Promise<IteratorResult<Uint8Array>> => {
+      if (done) return { done: true, value: undefined }
+      try {
+        // An abort ends the stream even when the next chunk is already at hand.
+        download.signal?.throwIfAborted()
+        const chunk = buffered ? buffered.shift() : await download.read()
+        return chunk ? { done: false, value: chunk } : end()
+      } catch (error) {
+        // The consumer called return() while this read was pending: that is an end, not a failure.
         if (done) return { done: true, value: undefined }
-        if (buffered) {
-          const chunk = buffered.shift()
-          return chunk ? { done: false, value: chunk } : end()
-        }
-        try {
-          const chunk = await download.read()
-          return chunk ? { done: false, value: chunk } : end()
-        } catch (error) {
-          done = true
-          download.close(error)
-          throw error
-        }
+        done = true
+        download.close(error)
+        throw error
+      }
+    }
+    // Reads one at a time: a caller may call next() again before the last one settled.
+    let queue: Promise<unknown> = Promise.resolve()
+    return {
+      next(): Promise<IteratorResult<Uint8Array>> {
+        const result = queue.then(pull)
+        queue = result.catch(noop)
+        return result
       },
       async return(): Promise<IteratorResult<Uint8Array>> {
         return end()

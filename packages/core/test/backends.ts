@@ -95,3 +95,83 @@ export async function collect(stream: AsyncIterable<Uint8Array>): Promise<Buffer
   for await (const chunk of stream) parts.push(chunk)
   return Buffer.concat(parts)
 }
+
+export interface ChunkedOptions {
+  /** Delay before fetch() resolves. */
+  fetchMs?: number
+  /** Delay before each chunk. */
+  chunkMs?: number
+  /** Never settle fetch(), whatever the signal says. */
+  deaf?: boolean
+  /** Where to start for a requested offset: `() => 0` ignores it; by default it is honoured. */
+  startAt?: (asked: number) => number
+  /** The size announced in NarSource.size. */
+  size?: number
+}
+
+export interface Chunked extends NarBackend {
+  /** The signal and offset of each fetch() call. */
+  calls: { offset: number; signal: AbortSignal }[]
+  /** How many times return() was called on a body. */
+  returned: number
+}
+
+/**
+ * A backend over fixed chunks with a hand-written iterator rather than a generator, so that return() is
+ * seen even while a next() is pending.
+ */
+export function chunked(name: string, chunks: Uint8Array[], o: ChunkedOptions = {}): Chunked {
+  const backend: Chunked = {
+    name,
+    calls: [],
+    returned: 0,
+    async fetch(_hash, options) {
+      const { signal } = options
+      const asked = options.offset ?? 0
+      backend.calls.push({ offset: asked, signal })
+      if (o.deaf) await new Promise<never>(() => {})
+      if (o.fetchMs) await delay(o.fetchMs, undefined, { signal })
+      const offset = o.startAt ? o.startAt(asked) : asked
+      // Empty chunks stay wherever they are, so that a test can check they never count as a byte.
+      const pieces: Uint8Array[] = []
+      let at = 0
+      for (const chunk of chunks) {
+        if (chunk.length === 0) pieces.push(chunk)
+        else if (at + chunk.length > offset) pieces.push(chunk.subarray(Math.max(0, offset - at)))
+        at += chunk.length
+      }
+      let i = 0
+      const iterator: AsyncIterator<Uint8Array> = {
+        async next() {
+          if (o.chunkMs) await delay(o.chunkMs, undefined, { signal })
+          return i < pieces.length ? { done: false, value: pieces[i++]! } : { done: true, value: undefined }
+        },
+        async return() {
+          backend.returned++
+          i = pieces.length
+          return { done: true, value: undefined }
+        },
+      }
+      const source: NarSource = { body: { [Symbol.asyncIterator]: () => iterator }, offset }
+      if (o.size !== undefined) source.size = o.size
+      return source
+    },
+  }
+  return backend
+}
+
+/** Splits bytes into chunks of `size`. */
+export function split(bytes: Uint8Array, size: number): Uint8Array[] {
+  const chunks: Uint8Array[] = []
+  for (let at = 0; at < bytes.length; at += size) chunks.push(bytes.subarray(at, at + size))
+  return chunks
+}
+
+/** Rejects after `ms`, so that a hang fails its test instead of the whole suite. */
+export function within<T>(ms: number, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`still pending after ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}

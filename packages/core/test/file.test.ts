@@ -1,9 +1,17 @@
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { setTimeout as delay } from 'node:timers/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { NarHashMismatchError, NarNotFoundError, resolveNarToFile } from '../src/index.js'
-import { sample, scripted } from './backends.js'
+import {
+  NarHashMismatchError,
+  NarNotFoundError,
+  NarSizeMismatchError,
+  NarStallError,
+  resolveNarToFile,
+  type NarBackend,
+} from '../src/index.js'
+import { chunked, sample, scripted, split } from './backends.js'
 
 const { data, hash } = sample(100 * 1024)
 let dir: string
@@ -66,5 +74,54 @@ describe('resolveNarToFile', () => {
     ).rejects.toBeInstanceOf(NarHashMismatchError)
     expect((await readFile(path)).equals(data)).toBe(true)
     expect(await readdir(dir)).toEqual(['out.nar.xz'])
+  })
+
+  it('streams into a temporary file beside the target, and renames it only at the end', async () => {
+    const path = join(dir, 'out.nar.xz')
+    const seen: string[][] = []
+    const watched: NarBackend = {
+      name: 'watched',
+      async fetch(h, o) {
+        const source = await chunked('inner', split(data, 10_000)).fetch(h, o)
+        const inner = source.body[Symbol.asyncIterator]()
+        source.body = {
+          [Symbol.asyncIterator]: () => ({
+            async next() {
+              seen.push(await readdir(dir))
+              return inner.next()
+            },
+          }),
+        }
+        return source
+      },
+    }
+    await resolveNarToFile(hash, path, { backends: [watched] })
+    const during = seen.at(-1)!
+    expect(during).toHaveLength(1)
+    expect(during[0]).not.toBe('out.nar.xz')
+    expect(during[0]).toContain('out.nar.xz')
+    expect(await readdir(dir)).toEqual(['out.nar.xz'])
+  })
+
+  it('leaves no file behind after an abort during the race', async () => {
+    const path = join(dir, 'out.nar.xz')
+    const controller = new AbortController()
+    const slow = scripted('slow', data, { latencyMs: 1000 })
+    const pending = resolveNarToFile(hash, path, { backends: [slow], signal: controller.signal })
+    await delay(20)
+    controller.abort()
+    await expect(pending).rejects.toBe(controller.signal.reason)
+    expect(await readdir(dir)).toEqual([])
+  })
+
+  it('leaves no file behind after a stall or a short end with no other source', async () => {
+    const path = join(dir, 'out.nar.xz')
+    const stalls = scripted('stalls', data, { stallAt: 50_000 })
+    await expect(resolveNarToFile(hash, path, { backends: [stalls], stallTimeoutMs: 50 })).rejects.toBeInstanceOf(NarStallError)
+    const short = scripted('short', data, { truncateAt: 50_000 })
+    await expect(resolveNarToFile(hash, path, { backends: [short], size: data.length })).rejects.toBeInstanceOf(
+      NarSizeMismatchError,
+    )
+    expect(await readdir(dir)).toEqual([])
   })
 })

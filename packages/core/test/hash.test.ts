@@ -98,6 +98,17 @@ describe('parseNarHash', () => {
     [`nar/${hex}.nar.xz`, /not a 52-character nix32 FileHash/],
     [`nar/${nix32.slice(0, 51)}e.nar.xz`, /invalid character 'e'/],
     [`/nix/store/${nix32.slice(0, 32)}-hello`, /neither a hash nor a NAR URL/],
+    [`nar/${nix32}.narinfo`, /neither a hash nor a NAR URL/],
+    [`${nix32}.nar.xz`, /59 characters/],
+    [`SHA256:${nix32}`, /59 characters/],
+    [`sha256:${nix32.toUpperCase()}`, /invalid character 'A'/],
+    [`sha256:${nix32} x`, /61 characters/],
+    [`sha256:sha256:${nix32}`, /66 characters/],
+    [sri.slice('sha256-'.length), /neither a hash nor a NAR URL/],
+    [sri.slice(0, -1), /not a base64 SHA-256/],
+    [`sha1-${Buffer.alloc(20).toString('base64')}`, /sha1 hash/],
+    [`md5-${Buffer.alloc(16).toString('base64')}`, /md5 hash/],
+    ['x'.repeat(52), /overflow bits/],
   ]
   it.each(rejected)('rejects %j', (input, message) => {
     let error: unknown
@@ -110,6 +121,14 @@ describe('parseNarHash', () => {
     expect(error).toBeInstanceOf(NarraceError)
     expect(error).toMatchObject({ name: 'InvalidNarHashError', code: 'NARRACE_INVALID_HASH' })
     expect((error as Error).message).toMatch(message)
+  })
+
+  it('keeps its own copy of the bytes', () => {
+    const bytes = new Uint8Array(Buffer.from(hex, 'hex'))
+    const hash = parseNarHash(hex)
+    hash.bytes.fill(0)
+    expect(parseNarHash(hex).bytes).toEqual(bytes)
+    expect(Object.keys(parseNarHash(hex)).sort()).toEqual(['bytes', 'hex', 'nix32', 'sri'])
   })
 
   it('rejects values that are not strings with a typed error', () => {

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest'
 import {
   NarBackendError,
   NarHashMismatchError,
+  NarraceError,
   NarNotFoundError,
   NarSizeMismatchError,
   NarStallError,
@@ -10,7 +11,8 @@ import {
   type NarBackend,
   type NarEvent,
 } from '../src/index.js'
-import { collect, sample, scripted } from './backends.js'
+import { getEventListeners } from 'node:events'
+import { chunked, collect, sample, scripted, split, within } from './backends.js'
 
 const { data, hash } = sample(64 * 1024)
 
@@ -467,5 +469,403 @@ describe('resolveNar: cancellation', () => {
     } finally {
       process.off('unhandledRejection', onUnhandled)
     }
+  })
+})
+
+/** Collects the unhandled rejections raised while `run` runs and shortly after. */
+async function unhandledDuring(run: () => Promise<void>): Promise<unknown[]> {
+  const unhandled: unknown[] = []
+  const onUnhandled = (e: unknown): void => void unhandled.push(e)
+  process.on('unhandledRejection', onUnhandled)
+  try {
+    await run()
+    await delay(30)
+    return unhandled
+  } finally {
+    process.off('unhandledRejection', onUnhandled)
+  }
+}
+
+describe('resolveNar: the race, with hand-written doubles', () => {
+  const chunks = split(data, 8192)
+
+  it('closes the losers iterators by the time it resolves, and leaves the winner alone', async () => {
+    const loser = chunked('loser', [new Uint8Array(0), ...chunks], { chunkMs: 300 })
+    const winner = chunked('winner', chunks)
+    const stream = await resolveNar(hash, { backends: [loser, winner] })
+    expect(loser.calls[0]!.signal.aborted).toBe(true)
+    expect(loser.returned).toBe(1)
+    expect(winner.calls[0]!.signal.aborted).toBe(false)
+    expect(winner.returned).toBe(0)
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+  })
+
+  it('never counts an empty chunk as the first byte', async () => {
+    const empties = chunked('empties', [new Uint8Array(0), new Uint8Array(0), new Uint8Array(0)])
+    const late = chunked('late', [new Uint8Array(0), ...chunks], { fetchMs: 30 })
+    const stream = await resolveNar(hash, { backends: [empties, late] })
+    expect(stream.winner).toBe('late')
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    const error = await resolveNar(hash, { backends: [empties] }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarNotFoundError)
+    expect((error as NarNotFoundError).errors[0]).toBeInstanceOf(NarBackendError)
+  })
+
+  it('takes a source that yields only empty chunks, without end, for a stall rather than hanging', async () => {
+    const empties = (name: string, first?: Uint8Array): NarBackend => ({
+      name,
+      fetch: async () => ({
+        offset: 0,
+        body: (async function* () {
+          if (first) yield first
+          for (;;) yield new Uint8Array(0)
+        })(),
+      }),
+    })
+    const error = await resolveNar(hash, { backends: [empties('race')], stallTimeoutMs: 50 }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarNotFoundError)
+    expect((error as NarNotFoundError).errors[0]).toBeInstanceOf(NarStallError)
+
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [empties('stream', data.subarray(0, 1000)), chunked('backup', chunks, { fetchMs: 5 })],
+      stallTimeoutMs: 50,
+      onEvent: (e) => events.push(e),
+    })
+    expect(stream.winner).toBe('stream')
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(stream.sources).toEqual(['stream', 'backup'])
+    expect(events.find((e) => e.type === 'fail')?.error).toBeInstanceOf(NarStallError)
+  })
+
+  it('gives each backend its own signal, tied to options.signal', async () => {
+    const controller = new AbortController()
+    const a = chunked('a', chunks, { fetchMs: 1000 })
+    const b = chunked('b', chunks, { fetchMs: 1000 })
+    const pending = resolveNar(hash, { backends: [a, b], signal: controller.signal })
+    await delay(10)
+    const [sa, sb] = [a.calls[0]!.signal, b.calls[0]!.signal]
+    expect(sa).not.toBe(sb)
+    expect(sa).not.toBe(controller.signal)
+    const reason = new Error('caller left')
+    controller.abort(reason)
+    await expect(pending).rejects.toBe(reason)
+    expect(sa.reason).toBe(reason)
+    expect(sb.reason).toBe(reason)
+  })
+
+  it('is not held up by a backend that ignores its signal, and an abort still rejects at once', async () => {
+    using timers = trackTimers()
+    const deaf = chunked('deaf', chunks, { deaf: true })
+    const stream = await resolveNar(hash, { backends: [deaf, chunked('good', chunks, { fetchMs: 10 })] })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(deaf.calls[0]!.signal.aborted).toBe(true)
+
+    const controller = new AbortController()
+    const pending = resolveNar(hash, { backends: [deaf], signal: controller.signal })
+    controller.abort()
+    await expect(within(1000, pending)).rejects.toBe(controller.signal.reason)
+    expect((controller.signal.reason as Error).name).toBe('AbortError')
+    expect(timers.live()).toBe(0)
+  })
+
+  it('counts a fetch() answer of null, a body of null and a sync throw from next() as failures', async () => {
+    const nothing: NarBackend = { name: 'nothing', fetch: async () => null as never }
+    const noBody: NarBackend = { name: 'no-body', fetch: async () => ({ offset: 0, body: null }) as never }
+    const throwingNext: NarBackend = {
+      name: 'throwing-next',
+      fetch: async () => ({
+        offset: 0,
+        body: {
+          [Symbol.asyncIterator]: () => ({
+            next(): Promise<IteratorResult<Uint8Array>> {
+              throw new Error('sync throw')
+            },
+          }),
+        },
+      }),
+    }
+    // A fetch() that answers without a promise is odd but not wrong.
+    const sync: NarBackend = {
+      name: 'sync',
+      fetch: (() => ({ offset: 0, body: (async function* () { yield* chunks })() })) as never,
+    }
+    const unhandled = await unhandledDuring(async () => {
+      const error = await resolveNar(hash, { backends: [nothing, noBody, throwingNext] }).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(NarNotFoundError)
+      expect((error as NarNotFoundError).errors).toHaveLength(3)
+      const stream = await resolveNar(hash, { backends: [nothing, noBody, throwingNext, sync] })
+      expect(stream.winner).toBe('sync')
+      expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    })
+    expect(unhandled).toEqual([])
+  })
+
+  it('reports the events with type, backend, ms and bytes, from start to done', async () => {
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [
+        chunked('a', chunks, { fetchMs: 60 }),
+        chunked('b', chunks, { fetchMs: 300 }),
+        chunked('h', chunks, { fetchMs: 300 }),
+      ],
+      hedge: { h: 20 },
+      onEvent: (e) => events.push(e),
+    })
+    await collect(stream)
+    for (const e of events) {
+      expect(Object.keys(e).sort()).toEqual(['backend', 'bytes', 'ms', 'type'])
+      expect(typeof e.ms).toBe('number')
+    }
+    const ms = events.map((e) => e.ms)
+    expect(ms).toEqual([...ms].sort((x, y) => x - y))
+    const seen = events.map((e) => `${e.type}:${e.backend}`)
+    expect(seen.slice(0, 2)).toEqual(['start:a', 'start:b'])
+    expect(seen).toContain('start:h')
+    expect(events.find((e) => e.backend === 'h' && e.type === 'start')!.ms).toBeGreaterThanOrEqual(19)
+    expect(seen.indexOf('first-byte:a')).toBeLessThan(seen.indexOf('win:a'))
+    expect(seen).toContain('abort:b')
+    expect(seen).toContain('abort:h')
+    expect(seen.at(-1)).toBe('done:a')
+    expect(events.at(-1)!.bytes).toBe(data.length)
+    expect(events.find((e) => e.type === 'win')!.bytes).toBe(0)
+  })
+
+  it('leaves no abort listener on options.signal after many downloads', async () => {
+    const controller = new AbortController()
+    for (let i = 0; i < 5; i++) {
+      const backends = [chunked('a', chunks), chunked('b', chunks, { fetchMs: 50 })]
+      const stream = await resolveNar(hash, { backends, signal: controller.signal })
+      for await (const _ of stream) break
+      await collect(await resolveNar(hash, { backends: [chunked('a', chunks)], signal: controller.signal, stallTimeoutMs: 1000 }))
+    }
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0)
+  })
+})
+
+describe('resolveNar: verification and fail-over, with hand-written doubles', () => {
+  const chunks = split(data, 4096)
+
+  it('never hands out a byte past the FileSize', async () => {
+    const stream = await resolveNar(hash, { backends: [chunked('long', chunks)], size: 10_000 })
+    let delivered = 0
+    const error = await (async () => {
+      for await (const chunk of stream) delivered += chunk.length
+    })().catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarSizeMismatchError)
+    expect(delivered).toBeLessThanOrEqual(10_000)
+    expect(stream.bytesRead).toBe(delivered)
+  })
+
+  it('continues from a source that starts below the offset it was asked for', async () => {
+    let calls = 0
+    const dies: NarBackend = {
+      name: 'dies',
+      async fetch(h, o) {
+        calls++
+        const source = await chunked('dies', chunks).fetch(h, o)
+        const inner = source.body[Symbol.asyncIterator]()
+        let sent = 0
+        source.body = {
+          [Symbol.asyncIterator]: () => ({
+            async next() {
+              if (sent >= 5) throw new Error('connection reset')
+              sent++
+              return inner.next()
+            },
+          }),
+        }
+        return source
+      },
+    }
+    const aligned = chunked('aligned', split(data, 1000), { fetchMs: 20, startAt: (asked) => asked - (asked % 16_384) })
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, { backends: [dies, aligned], size: data.length, onEvent: (e) => events.push(e) })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(calls).toBe(1)
+    expect(aligned.calls.at(-1)!.offset).toBe(5 * 4096)
+    expect(stream.winner).toBe('dies')
+    expect(stream.sources).toEqual(['dies', 'aligned'])
+    expect(stream.bytesRead).toBe(data.length)
+    const failover = events.find((e) => e.type === 'failover')!
+    expect(failover).toMatchObject({ backend: 'aligned', bytes: 5 * 4096 })
+    const fail = events.find((e) => e.type === 'fail')!
+    expect(fail.backend).toBe('dies')
+    expect((fail.error as NarBackendError).cause).toMatchObject({ message: 'connection reset' })
+  })
+
+  it('skips many small chunks of a source that answers from 0', async () => {
+    const dies = scripted('dies', data, { failAt: 40_000 })
+    const fromZero = chunked('from-zero', split(data, 100), { fetchMs: 20, startAt: () => 0 })
+    const stream = await resolveNar(hash, { backends: [dies, fromZero] })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(stream.sources).toEqual(['dies', 'from-zero'])
+  })
+
+  it('does not fail over to a source that announces another size, and throws the cause', async () => {
+    const dies = scripted('dies', data, { failAt: 8192 })
+    const liar = chunked('liar', chunks, { fetchMs: 20, size: data.length + 1 })
+    const stream = await resolveNar(hash, { backends: [dies, liar], size: data.length })
+    const error = await collect(stream).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarBackendError)
+    expect((error as Error).message).toMatch(/connection reset/)
+  })
+
+  it('wraps a plain mid-stream error in NarBackendError with the error as cause', async () => {
+    const cause = new Error('socket hang up')
+    const once: NarBackend = {
+      name: 'once',
+      fetch: async () => ({
+        offset: 0,
+        body: (async function* () {
+          yield data.subarray(0, 100)
+          throw cause
+        })(),
+      }),
+    }
+    const stream = await resolveNar(hash, { backends: [once] })
+    const error = await collect(stream).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarBackendError)
+    expect(error).toMatchObject({ name: 'NarBackendError', code: 'NARRACE_BACKEND', cause })
+  })
+})
+
+describe('resolveNar: verify first, with hand-written doubles', () => {
+  const chunks = split(data, 4096)
+
+  it('rejects a FileSize smaller than the file instead of starting over without end', async () => {
+    const a = chunked('a', chunks, { fetchMs: 1 })
+    const b = chunked('b', chunks, { fetchMs: 1 })
+    const error = await within(2000, resolveNar(hash, { backends: [a, b], size: 100, verifyFirstBelow: 1 << 20 })).catch(
+      (e: unknown) => e,
+    )
+    expect(error).toBeInstanceOf(NarSizeMismatchError)
+    expect(a.calls.length + b.calls.length).toBeLessThanOrEqual(4)
+  })
+
+  it('rejects the iteration with signal.reason on an abort after it resolved', async () => {
+    const controller = new AbortController()
+    const stream = await resolveNar(hash, {
+      backends: [chunked('a', chunks)],
+      signal: controller.signal,
+      size: data.length,
+      verifyFirstBelow: data.length,
+    })
+    const reason = new Error('gone')
+    controller.abort(reason)
+    await expect(collect(stream)).rejects.toBe(reason)
+  })
+
+  it('has received the whole file before it resolves', async () => {
+    const a = chunked('a', chunks, { chunkMs: 1 })
+    let done = false
+    const wrapped: NarBackend = {
+      name: 'a',
+      async fetch(h, o) {
+        const source = await a.fetch(h, o)
+        const inner = source.body[Symbol.asyncIterator]()
+        source.body = {
+          [Symbol.asyncIterator]: () => ({
+            async next() {
+              const step = await inner.next()
+              if (step.done) done = true
+              return step
+            },
+          }),
+        }
+        return source
+      },
+    }
+    const stream = await resolveNar(hash, { backends: [wrapped], size: data.length, verifyFirstBelow: data.length })
+    expect(done).toBe(true)
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+  })
+})
+
+describe('resolveNar: the consumer', () => {
+  const chunks = split(data, 4096)
+
+  it('serves next() calls made before the last one settled, in order', async () => {
+    const stream = await resolveNar(hash, { backends: [chunked('a', chunks, { chunkMs: 1 })] })
+    const iterator = stream[Symbol.asyncIterator]()
+    const results = await within(2000, Promise.all([iterator.next(), iterator.next(), iterator.next()]))
+    expect(Buffer.concat(results.map((r) => r.value as Uint8Array)).equals(data.subarray(0, 3 * 4096))).toBe(true)
+    await iterator.return?.()
+  })
+
+  it('ends a pending next() when the consumer calls return(), even on a source that ignores its signal', async () => {
+    const deafBody: NarBackend = {
+      name: 'deaf-body',
+      fetch: async () => ({
+        offset: 0,
+        body: (async function* () {
+          yield data.subarray(0, 100)
+          await new Promise<never>(() => {})
+        })(),
+      }),
+    }
+    const unhandled = await unhandledDuring(async () => {
+      const stream = await resolveNar(hash, { backends: [deafBody] })
+      const iterator = stream[Symbol.asyncIterator]()
+      expect((await iterator.next()).done).toBe(false)
+      const pending = iterator.next()
+      await delay(5)
+      expect(await iterator.return!()).toEqual({ done: true, value: undefined })
+      expect(await within(1000, pending)).toEqual({ done: true, value: undefined })
+      expect(await iterator.next()).toEqual({ done: true, value: undefined })
+    })
+    expect(unhandled).toEqual([])
+  })
+
+  it('leaves no timers behind after a stall fail-over, a verify-first restart or an abort during a hedge delay', async () => {
+    using timers = trackTimers()
+    const stalls = scripted('stalls', data, { stallAt: 20_000 })
+    await collect(await resolveNar(hash, { backends: [stalls, chunked('backup', chunks, { fetchMs: 5 })], stallTimeoutMs: 50 }))
+    const corrupt = scripted('corrupt', data, { corruptAt: 7 })
+    await collect(
+      await resolveNar(hash, {
+        backends: [corrupt, chunked('good', chunks, { fetchMs: 5 })],
+        size: data.length,
+        verifyFirstBelow: data.length,
+        stallTimeoutMs: 5000,
+      }),
+    )
+    const controller = new AbortController()
+    const pending = resolveNar(hash, {
+      backends: [chunked('hedged', chunks)],
+      hedge: { hedged: 5000 },
+      signal: controller.signal,
+    })
+    await delay(10)
+    controller.abort()
+    await expect(pending).rejects.toBe(controller.signal.reason)
+    expect(timers.live()).toBe(0)
+  })
+
+  it('can be iterated only once', async () => {
+    const stream = await resolveNar(hash, { backends: [chunked('a', chunks)] })
+    await collect(stream)
+    expect(() => stream[Symbol.asyncIterator]()).toThrow(NarraceError)
+  })
+
+  it('leaves nothing behind when the consumer breaks on the first chunk', async () => {
+    using timers = trackTimers()
+    const before = handles()
+    const events: NarEvent[] = []
+    const a = chunked('a', chunks, { chunkMs: 1 })
+    const b = scripted('b', data, { stallAt: 0 })
+    const unhandled = await unhandledDuring(async () => {
+      const stream = await resolveNar(hash, { backends: [a, b], stallTimeoutMs: 5000, onEvent: (e) => events.push(e) })
+      for await (const _ of stream) break
+      expect(stream.bytesRead).toBe(4096)
+    })
+    expect(unhandled).toEqual([])
+    expect(a.calls[0]!.signal.aborted).toBe(true)
+    expect(a.returned).toBe(1)
+    expect(b.closed).toBe(1)
+    expect(events.filter((e) => e.type === 'abort').map((e) => e.backend).sort()).toEqual(['a', 'b'])
+    expect(events.some((e) => e.type === 'done')).toBe(false)
+    expect(timers.live()).toBe(0)
+    expect(handles()).toBe(before)
   })
 })
