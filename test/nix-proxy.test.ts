@@ -105,6 +105,8 @@ describe.skipIf(!nixAvailable)('real Nix through the proxy', () => {
   it('2. a refused first upstream costs nothing: as fast as the healthy cache alone', async () => {
     const dead = (await refusedUrl()).replace(/\/$/, '')
     const healthy = second.url.replace(/\/$/, '')
+    // A real cache is never 0 ms away; without any latency the comparison would measure only the extra hop.
+    second.setFaults({ firstByteDelayMs: 10 })
     const proxy = await startProxy({ upstreams: [dead, healthy], trustedPublicKeys: [key] })
     const substitute = (substituters: string) =>
       nix.run('nix-store', ['--store', nix.store(), '--realise', root.storePath, '--option', 'substituters', substituters, '--option', 'trusted-public-keys', key])
@@ -130,14 +132,15 @@ describe.skipIf(!nixAvailable)('real Nix through the proxy', () => {
         `nix, 20-path closure, first upstream refused; proxy / healthy alone: ${(viaProxy.ms / alone.ms).toFixed(2)}`,
         row('nix-store -r, substituters = healthy cache alone (median of 3)', alone),
         row('nix-store -r, substituters = the proxy (median of 3)', viaProxy),
-        row('nix-store -r, substituters = refused healthy (Nix alone)', directBoth),
+        row('nix-store -r, substituters = refused + healthy (Nix alone)', directBoth),
         row('nix copy --from the healthy cache alone', copyAlone),
         row('nix copy --from the proxy (refused + healthy)', copyProxy),
       ].join('\n'),
     )
-    // Nix alone spends seconds retrying the refused cache; the proxy must not. Wide margins: the machine is shared.
+    // Nix alone spends seconds retrying the refused cache; the proxy must not. The 20 % of the issue, plus
+    // half a second for the noise of a shared machine between the medians.
     expect(viaProxy.ms).toBeLessThan(directBoth.ms / 2)
-    expect(viaProxy.ms).toBeLessThan(alone.ms * 1.2 + 1500)
+    expect(viaProxy.ms).toBeLessThan(alone.ms * 1.2 + 500)
   })
 
   describe('3. the upstream has the narinfo but its NAR is gone or corrupt; IPFS or a torrent has it', () => {
@@ -181,7 +184,7 @@ describe.skipIf(!nixAvailable)('real Nix through the proxy', () => {
       ['corrupt', '5m', { flipByteAt: 4_000_000 }, 'ipfs'],
       ['gone', '900k', { status: 410 }, 'torrent'],
       ['corrupt', '900k', { flipByteAt: 10 }, 'torrent'],
-    ])('NAR %s at the upstream (%s): Nix succeeds from %s', async (_what, name, faults, source) => {
+    ])('NAR %s at the upstream (%s, faults %j): Nix succeeds from %s', async (_what, name, faults, source) => {
       const path = fixtures.path(name)
       upstream.setFaults(faults, path.url)
       const fetcher = await newFetcher()

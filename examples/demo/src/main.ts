@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
  * `pnpm demo`: a slow binary cache, a dead one, IPFS and a torrent swarm, all on 127.0.0.1, behind the
- * narrace proxy. Every NAR of the committed fixture cache is fetched through the proxy and verified, and
- * `nix copy` runs through it too when `nix` is on PATH.
+ * narrace proxy. Every NAR of the committed fixture cache (made by Nix, see test/fixtures), and when `nix`
+ * is on PATH one more that Nix makes on the spot, is fetched through the proxy and verified; then
+ * `nix copy` runs through it too.
  */
 import { execFile, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
@@ -15,34 +16,27 @@ import { performance } from 'node:perf_hooks'
 import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { openIndex } from '@narrace/index'
-import { createProxy } from '@narrace/proxy-example'
+import { createProxy, DEFAULT_VERIFY_FIRST_BELOW } from '@narrace/proxy-example'
 import { pino } from 'pino'
+import { freshCache, nixEnv, type CachedPath, type FreshCache } from './fresh.js'
 import { startIpfs, startTorrent } from './swarm.js'
 import { deadUpstream, startUpstream } from './upstream.js'
-
-interface FixturePath {
-  name: string
-  storePath: string
-  hashPart: string
-  fileHashHex: string
-  fileSize: number
-  url: string
-}
 
 /** The demo gives up on its own after this long, whatever is still running. */
 const DEADLINE_MS = 50_000
 /** What makes the upstream "distant": a late first byte and a modest rate. */
 const SLOW = { firstByteDelayMs: 150, bytesPerSecond: 2 * 1024 * 1024 }
 /** IPFS holds the small NARs (one raw block each), the torrent swarm the large ones; the diamond is only upstream. */
-const ON_IPFS = (p: FixturePath): boolean => p.fileSize <= 256 * 1024 && !p.name.startsWith('diamond')
-const ON_TORRENT = (p: FixturePath): boolean => p.fileSize > 512 * 1024
+const ON_IPFS = (p: CachedPath): boolean => p.fileSize <= 256 * 1024 && !p.name.startsWith('diamond')
+const ON_TORRENT = (p: CachedPath): boolean => p.fileSize > 512 * 1024
 
 const fixturesDir = fileURLToPath(new URL('../../../test/fixtures/', import.meta.url))
 const cacheDir = join(fixturesDir, 'cache')
 const manifest = JSON.parse(readFileSync(join(fixturesDir, 'cache.json'), 'utf8')) as {
   publicKey: string
-  paths: FixturePath[]
+  paths: Omit<CachedPath, 'cacheDir'>[]
 }
+const nixOnPath = spawnSync('nix', ['--version'], { stdio: 'ignore' }).status === 0
 
 interface Row {
   name: string
@@ -94,17 +88,12 @@ function table(rows: Row[], label: (backend: string) => string): string {
 }
 
 /** `nix copy --from` the proxy into a throwaway store, without a daemon. */
-async function nixCopy(proxyUrl: string, paths: string[], publicKey: string, signal: AbortSignal): Promise<string> {
-  if (spawnSync('nix', ['--version'], { stdio: 'ignore' }).status !== 0) return 'nix is not on PATH: skipped nix copy'
+async function nixCopy(proxyUrl: string, paths: string[], publicKeys: string[], signal: AbortSignal): Promise<string> {
+  if (!nixOnPath) return 'nix is not on PATH: skipped nix copy'
   const dir = await mkdtemp(join(tmpdir(), 'narrace-demo-nix-'))
-  const env = {
-    PATH: process.env.PATH,
-    HOME: dir,
-    XDG_CACHE_HOME: join(dir, 'cache'),
-    NIX_CONFIG: 'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\n',
-  }
+  const env = nixEnv(dir)
   const store = join(dir, 'store')
-  const args = ['copy', '--from', proxyUrl, '--to', store, '--option', 'trusted-public-keys', publicKey, ...paths]
+  const args = ['copy', '--from', proxyUrl, '--to', store, '--option', 'trusted-public-keys', publicKeys.join(' '), ...paths]
   const started = performance.now()
   try {
     const failure = await new Promise<Error | null>((resolve) =>
@@ -112,6 +101,8 @@ async function nixCopy(proxyUrl: string, paths: string[], publicKey: string, sig
         resolve(error ? new Error(stderr.trim().split('\n').at(-1) ?? error.message) : null),
       ),
     )
+    // Interrupted, nix was killed: that is no failure of the proxy to report.
+    signal.throwIfAborted()
     const ms = (performance.now() - started).toFixed(0)
     return failure
       ? `nix copy --from ${proxyUrl} FAILED after ${ms} ms: ${failure.message}`
@@ -126,21 +117,36 @@ async function demo(signal: AbortSignal): Promise<boolean> {
   const cleanups: (() => Promise<unknown> | void)[] = []
   try {
     const started = performance.now()
-    const paths = manifest.paths
+    const paths: CachedPath[] = manifest.paths.map((p) => ({ ...p, cacheDir }))
+    const publicKeys = [manifest.publicKey]
+    if (nixOnPath) {
+      const fresh: FreshCache | string = await freshCache(signal).catch((error: unknown) => {
+        if (signal.aborted) throw error
+        return error instanceof Error ? error.message.split('\n')[0]! : String(error)
+      })
+      if (typeof fresh === 'string') say(`fresh NAR   nix could not make one (${fresh}); the committed fixtures only`)
+      else {
+        cleanups.push(() => fresh.close())
+        paths.push(...fresh.paths)
+        publicKeys.push(fresh.publicKey)
+        say(`fresh NAR   ${fresh.paths.map((p) => p.name).join(', ')}: made by nix just now, signed with a throwaway key`)
+      }
+    }
+    signal.throwIfAborted()
     const index = openIndex()
     cleanups.push(() => index.close())
-    const slow = await startUpstream(cacheDir, SLOW)
+    const slow = await startUpstream([...new Set(paths.map((p) => p.cacheDir))], SLOW)
     cleanups.push(() => slow.close())
     const dead = await deadUpstream()
     say(`slow cache  ${slow.url}  (first byte after ${SLOW.firstByteDelayMs} ms, ${SLOW.bytesPerSecond / 1024 / 1024} MiB/s)`)
     say(`dead cache  ${dead}  (connection refused)`)
     signal.throwIfAborted()
 
-    const ipfs = await startIpfs(paths.filter(ON_IPFS).map((p) => join(cacheDir, p.url)), index)
+    const ipfs = await startIpfs(paths.filter(ON_IPFS).map((p) => join(p.cacheDir, p.url)), index)
     cleanups.push(() => ipfs.close())
     say(`IPFS        two Helia nodes on loopback TCP, ${paths.filter(ON_IPFS).length} NARs published`)
     signal.throwIfAborted()
-    const torrent = await startTorrent(paths.filter(ON_TORRENT).map((p) => join(cacheDir, p.url)), index)
+    const torrent = await startTorrent(paths.filter(ON_TORRENT).map((p) => join(p.cacheDir, p.url)), index)
     cleanups.push(() => torrent.close())
     say(`torrent     a tracker and a seeder on 127.0.0.1, ${paths.filter(ON_TORRENT).length} NARs seeded`)
     signal.throwIfAborted()
@@ -158,7 +164,7 @@ async function demo(signal: AbortSignal): Promise<boolean> {
     })
     const proxy = createProxy({
       upstreams: [dead, slow.url],
-      trustedPublicKeys: [manifest.publicKey],
+      trustedPublicKeys: publicKeys,
       index,
       backends: [ipfs.backend, torrent.backend],
       logger: pino(logs),
@@ -169,6 +175,7 @@ async function demo(signal: AbortSignal): Promise<boolean> {
 
     const agent = new Agent({ keepAlive: true })
     cleanups.push(() => agent.destroy())
+    say(`fetching ${paths.length} NARs through the proxy, each after its narinfo, as Nix does:\n`)
     const rows: Row[] = []
     for (const path of paths) {
       const narinfo = await fetchTimed(`${proxy.url}/${path.hashPart}.narinfo`, agent, signal)
@@ -182,12 +189,13 @@ async function demo(signal: AbortSignal): Promise<boolean> {
     const label = (backend: string): string =>
       backend === slow.url ? 'slow cache' : backend === dead ? 'dead cache' : backend
     say(table(rows, label))
+    say(`(first byte as the client saw it: the proxy verifies a NAR of up to ${DEFAULT_VERIFY_FIRST_BELOW / 1024 / 1024} MiB whole before sending it; MB/s over the whole request)`)
     const wins = new Map<string, number>()
     for (const row of rows) wins.set(label(row.winner), (wins.get(label(row.winner)) ?? 0) + 1)
     const verified = rows.filter((r) => r.verified).length
     say(`\n${verified} of ${rows.length} NARs verified against their FileHash; wins: ${[...wins].map(([k, n]) => `${k} ${n}`).join(', ')}`)
 
-    const nix = await nixCopy(proxy.url, paths.map((p) => p.storePath), manifest.publicKey, signal)
+    const nix = await nixCopy(proxy.url, paths.map((p) => p.storePath), publicKeys, signal)
     say(nix)
     say(`done in ${((performance.now() - started) / 1000).toFixed(1)} s`)
     return verified === rows.length && !nix.includes('FAILED')
@@ -198,11 +206,13 @@ async function demo(signal: AbortSignal): Promise<boolean> {
 
 const controller = new AbortController()
 const deadline = setTimeout(() => controller.abort(new Error(`the demo took longer than ${DEADLINE_MS / 1000} s`)), DEADLINE_MS)
-process.once('SIGINT', () => {
-  controller.abort(new Error('interrupted'))
-  // A second Ctrl-C does not wait for the cleanup.
-  process.once('SIGINT', () => process.exit(130))
-})
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    controller.abort(new Error('interrupted'))
+    // A second signal does not wait for the cleanup.
+    process.once(signal, () => process.exit(130))
+  })
+}
 try {
   const ok = await demo(controller.signal)
   process.exitCode = ok ? 0 : 1

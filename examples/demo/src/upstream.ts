@@ -15,8 +15,9 @@ export interface Upstream {
 /** Only the files a binary cache has; nothing else is looked up on disk. */
 const CACHE_FILE = /^\/(nix-cache-info|[0-9a-z]{32}\.narinfo|nar\/[0-9a-z]{52}\.nar(?:\.xz)?)$/
 
+/** Serves the files of `roots`, looked up in that order, as one cache. */
 export async function startUpstream(
-  root: string,
+  roots: string[],
   options: { firstByteDelayMs: number; bytesPerSecond: number },
 ): Promise<Upstream> {
   const tick = 50
@@ -26,19 +27,26 @@ export async function startUpstream(
       const gone = new AbortController()
       res.once('close', () => gone.abort())
       const match = CACHE_FILE.exec(req.url ?? '')
-      const file = match ? join(root, match[1]!) : undefined
-      const info = file ? await stat(file).catch(() => undefined) : undefined
+      let file: { path: string; size: number } | undefined
+      for (const root of match ? roots : []) {
+        const path = join(root, match![1]!)
+        const info = await stat(path).catch(() => undefined)
+        if (info?.isFile()) {
+          file = { path, size: info.size }
+          break
+        }
+      }
       await sleep(options.firstByteDelayMs, undefined, { signal: gone.signal })
-      if (!file || !info?.isFile()) {
+      if (!file) {
         res.writeHead(404, { 'content-length': 0 }).end()
         return
       }
-      res.writeHead(200, { 'content-length': info.size })
+      res.writeHead(200, { 'content-length': file.size })
       if (req.method === 'HEAD') {
         res.end()
         return
       }
-      for await (const chunk of createReadStream(file, { highWaterMark: piece, signal: gone.signal })) {
+      for await (const chunk of createReadStream(file.path, { highWaterMark: piece, signal: gone.signal })) {
         if (!res.write(chunk)) await once(res, 'drain', { signal: gone.signal })
         await sleep(tick, undefined, { signal: gone.signal })
       }

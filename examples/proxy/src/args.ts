@@ -41,6 +41,10 @@ Options:
   --verify-first-below BYTES      verify NARs up to this size before sending a byte (default ${DEFAULT_VERIFY_FIRST_BELOW})
   --priority N                    the Priority in nix-cache-info (default ${DEFAULT_PRIORITY})
   -h, --help                      show this text
+
+Output: JSON log lines (pino) on stdout. The first one has the bound address in "url" and reads
+"narrace proxy listening on http://HOST:PORT …"; then one line per NAR. SIGINT or SIGTERM stops the
+proxy with exit code 0; a wrong flag stops it with one line on stderr and exit code 2.
 `
 
 function httpUrl(value: string, flag: string): string {

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import type { NarBackend } from '@narrace/core'
 import { openIndex, type NarIndex } from '@narrace/index'
+import { pino } from 'pino'
 import { parseProxyArgs, ProxyUsageError, USAGE, type ProxyArgs } from './args.js'
 import { createProxy } from './proxy.js'
 
@@ -63,7 +64,9 @@ async function main(): Promise<void> {
     fail(`--index: ${(error as Error).message.split('\n')[0]}`)
   }
   const backends = await p2pBackends(args, index)
+  const logger = pino()
   const proxy = createProxy({
+    logger,
     upstreams: args.upstreams,
     trustedPublicKeys: args.trustedPublicKeys,
     index,
@@ -73,16 +76,25 @@ async function main(): Promise<void> {
     priority: args.priority,
   })
   const url = await proxy.listen().catch((error: Error) => fail(`--listen: ${error.message}`))
-  process.stdout.write(`narrace proxy listening on ${url}\n`)
+  // A log line like every other, so stdout stays one JSON object per line; the words after the URL keep
+  // it easy to cut out of the message too.
+  logger.info({ url }, `narrace proxy listening on ${url} (put it first in Nix's substituters)`)
 
-  const stop = async (): Promise<void> => {
-    await proxy.close()
-    await Promise.all(backends.map((backend) => backend.close?.()))
-    index.close()
-    process.exit(0)
+  const stop = async (signal: NodeJS.Signals): Promise<void> => {
+    let code = 0
+    try {
+      await proxy.close()
+      await Promise.all(backends.map((backend) => backend.close?.()))
+      index.close()
+      logger.info({ signal }, 'narrace proxy stopped')
+    } catch (error) {
+      logger.error({ err: error }, 'narrace proxy did not stop cleanly')
+      code = 1
+    }
+    process.exit(code)
   }
-  process.once('SIGINT', () => void stop())
-  process.once('SIGTERM', () => void stop())
+  process.once('SIGINT', (signal) => void stop(signal))
+  process.once('SIGTERM', (signal) => void stop(signal))
 }
 
 await main()

@@ -21,6 +21,7 @@ import { DEFAULT_PRIORITY, DEFAULT_VERIFY_FIRST_BELOW } from './args.js'
 import { ProxyMetrics, type NarOutcome } from './metrics.js'
 import { routeRequest, type Route } from './routes.js'
 
+/** A narinfo lookup that no upstream finishes within this long answers 504. */
 export const DEFAULT_NARINFO_TIMEOUT_MS = 10_000
 /** Largest request head accepted; larger ones get a 400 before routing. */
 export const MAX_HEADER_BYTES = 16 * 1024
@@ -281,7 +282,8 @@ export function createProxy(options: ProxyOptions): Proxy {
         signal,
         size: location?.size,
         url: location?.url ?? route.path,
-        verifyFirstBelow,
+        // HEAD sends no body, so the first byte of a copy is enough to answer; no need to fetch it whole.
+        verifyFirstBelow: head ? 0 : verifyFirstBelow,
         stallTimeoutMs: options.stallTimeoutMs,
         onEvent: tracker.onEvent,
       })
@@ -324,6 +326,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     tracker.outcome(outcome)
     const line = {
       nar: hash.nix32,
+      ...(head ? { method: 'HEAD' } : {}),
       storePath: location?.storePath,
       outcome,
       winner: stream?.winner,

@@ -1,8 +1,8 @@
 /** Nix's base-32 alphabet: hash parts and FileHashes use nothing else. */
 const NIX32 = '0123456789abcdfghijklmnpqrsvwxyz'
 const HASH_PART = new RegExp(`^[${NIX32}]{32}$`)
-/** A NAR file name as binary caches write it: `nar/<name>.nar[.<compression>]`. */
-const NAR_PATH = /^nar\/([0-9a-z]{1,64})\.nar(?:\.(?:xz|zst|bz2|lz4|br))?$/
+/** A NAR file name as binary caches write it: `nar/<name>.nar[.<compression>]`, with Nix's extensions. */
+const NAR_PATH = /^nar\/([0-9a-z]{1,64})\.nar(?:\.(?:xz|zst|bz2|lzip|lz4|br))?$/
 /** Query strings some caches put in their narinfo URL (harmonia's `?hash=`): plain words only. */
 const NAR_QUERY = /^[A-Za-z0-9_=&-]{1,128}$/
 

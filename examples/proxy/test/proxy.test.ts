@@ -166,6 +166,20 @@ describe('the substituter proxy', () => {
     expect(head.body).toHaveLength(0)
   })
 
+  it('answers HEAD for a NAR from the first byte of a copy, without fetching it whole', async () => {
+    // At this rate the whole file would take seconds; HEAD must not wait for it even below verifyFirstBelow.
+    upstream.setFaults({ bytesPerSecond: 1_000_000 }, big.url)
+    const proxy = await start({ verifyFirstBelow: 64 * 1024 * 1024 })
+    await get(`${proxy.url}/${big.hashPart}.narinfo`)
+    const head = await get(`${proxy.url}/${big.url}`, { method: 'HEAD' })
+    expect(head.status).toBe(200)
+    expect(head.headers['content-length']).toBe(String(big.fileSize))
+    expect(head.body).toHaveLength(0)
+    await until(() => upstream.requests.find((r) => r.path === `/${big.url}`)?.completed === false)
+    await until(() => proxy.lines.some((l) => l.msg === 'nar'))
+    expect(proxy.lines.find((l) => l.msg === 'nar')).toMatchObject({ method: 'HEAD', outcome: 'ok' })
+  })
+
   it('costs nothing for a refused first upstream', async () => {
     const proxy = await start({ upstreams: [await refusedUrl(), second.url] })
     expect((await get(`${proxy.url}/${small.hashPart}.narinfo`)).status).toBe(200)

@@ -10,7 +10,9 @@ describe('routeRequest', () => {
     expect(routeRequest('HEAD', `/${hashPart}.narinfo`)).toEqual({ kind: 'narinfo', hashPart })
     expect(routeRequest('GET', `/nar/${fileHash}.nar.xz`)).toEqual({ kind: 'nar', path: `nar/${fileHash}.nar.xz`, name: fileHash })
     expect(routeRequest('GET', `/nar/${fileHash}.nar`)).toMatchObject({ kind: 'nar', name: fileHash })
-    expect(routeRequest('GET', `/nar/${fileHash}.nar.zst`)).toMatchObject({ kind: 'nar', path: `nar/${fileHash}.nar.zst` })
+    for (const extension of ['zst', 'bz2', 'lzip', 'lz4', 'br']) {
+      expect(routeRequest('GET', `/nar/${fileHash}.nar.${extension}`)).toMatchObject({ kind: 'nar', path: `nar/${fileHash}.nar.${extension}` })
+    }
     expect(routeRequest('GET', `/nar/${hashPart}.nar?hash=${hashPart}`)).toMatchObject({
       kind: 'nar',
       path: `nar/${hashPart}.nar?hash=${hashPart}`,

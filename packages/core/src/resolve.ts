@@ -237,7 +237,7 @@ class Download {
       throw new NarBackendError(`backend ${entry.name} is missing or has no fetch()`, { backend: entry.name })
     }
     this.emit('start', entry.name)
-    const deadline = performance.now() + this.stallMs
+    let deadline = performance.now() + this.stallMs
     const onStall = (): Error =>
       new NarStallError(`${entry.name} sent no byte of ${this.hash} within ${this.stallMs} ms`, {
         backend: entry.name,
@@ -268,6 +268,8 @@ class Download {
           const dropped = Math.min(skip, chunk.length)
           chunk = chunk.subarray(dropped)
           skip -= dropped
+          // Catching up is progress: a large file must not be dropped for the time the skip takes.
+          if (dropped > 0) deadline = performance.now() + this.stallMs
         }
         if (chunk.length === 0) {
           // No byte: it can neither win nor put off the stall.

@@ -266,6 +266,14 @@ describe('resolveNar: fail-over', () => {
     expect(fromZero.yielded).toBe(data.length)
   })
 
+  it('gives a source that ignores the offset the stall time per chunk it skips, not for the whole skip', async () => {
+    const dies = scripted('dies', data, { failAt: 60_000 })
+    const slowFromZero = scripted('slow-from-zero', data, { latencyMs: 20, ignoreOffset: true, chunkDelayMs: 10 })
+    const stream = await resolveNar(hash, { backends: [dies, slowFromZero], stallTimeoutMs: 100 })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(stream.sources).toEqual(['dies', 'slow-from-zero'])
+  })
+
   it('fails over after a stall of stallTimeoutMs', async () => {
     const stalls = scripted('stalls', data, { stallAt: 20_000 })
     const backup = scripted('backup', data, { latencyMs: 50 })
