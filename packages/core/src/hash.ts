@@ -120,6 +120,9 @@ function fromDigest(digest: string, input: string): Uint8Array {
  */
 export function parseNarHash(input: string | NarHash): NarHash {
   if (input instanceof NarHash) return input
+  // A NarHash made by another copy of this package (say, a bundled one) is just as good.
+  const bytes = (input as { bytes?: unknown } | null)?.bytes
+  if (typeof input === 'object' && bytes instanceof Uint8Array) return new NarHash(bytes)
   if (typeof input !== 'string') {
     throw new InvalidNarHashError(`a hash must be a string, got ${input === null ? 'null' : typeof input}`)
   }

@@ -200,7 +200,10 @@ class Download {
       }
       return won
     } catch (error) {
-      if (this.signal?.aborted) throw this.signal.reason
+      if (this.signal?.aborted) {
+        for (const a of attempts) if (a.started.value && !failures.has(a.entry)) this.emit('abort', a.entry.name)
+        throw this.signal.reason
+      }
       if (error instanceof AggregateError) {
         const errors = candidates.map((c) => failures.get(c) ?? new NarBackendError(`${c.name} failed`))
         const mismatch = errors.find((e) => e instanceof NarHashMismatchError)

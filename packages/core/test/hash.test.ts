@@ -131,6 +131,12 @@ describe('parseNarHash', () => {
     expect(Object.keys(parseNarHash(hex)).sort()).toEqual(['bytes', 'hex', 'nix32', 'sri'])
   })
 
+  it('takes a NarHash made by another copy of the package', () => {
+    const foreign = { ...parseNarHash(hex) }
+    expect(parseNarHash(foreign as never).nix32).toBe(nix32)
+    expect(() => parseNarHash({ bytes: new Uint8Array(20) } as never)).toThrow(InvalidNarHashError)
+  })
+
   it('rejects values that are not strings with a typed error', () => {
     expect(() => parseNarHash(undefined as unknown as string)).toThrow(InvalidNarHashError)
     expect(() => parseNarHash(42 as unknown as string)).toThrow(InvalidNarHashError)

@@ -416,11 +416,13 @@ describe('resolveNar: cancellation', () => {
   it('rejects with signal.reason when aborted during the race', async () => {
     const controller = new AbortController()
     const slow = scripted('slow', data, { latencyMs: 1000 })
-    const pending = resolveNar(hash, { backends: [slow], signal: controller.signal })
+    const events: NarEvent[] = []
+    const pending = resolveNar(hash, { backends: [slow], signal: controller.signal, onEvent: (e) => events.push(e) })
     const reason = new Error('stop')
     setTimeout(() => controller.abort(reason), 20)
     await expect(pending).rejects.toBe(reason)
     expect(slow.calls[0]!.signal.aborted).toBe(true)
+    expect(events.map((e) => `${e.type}:${e.backend}`)).toEqual(['start:slow', 'abort:slow'])
   })
 
   it('rejects at once with an already aborted signal', async () => {
