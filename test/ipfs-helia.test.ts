@@ -3,10 +3,6 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
-import { noise } from '@chainsafe/libp2p-noise'
-import { yamux } from '@chainsafe/libp2p-yamux'
-import { identify } from '@libp2p/identify'
-import { tcp } from '@libp2p/tcp'
 import {
   NarHashMismatchError,
   NarNotFoundError,
@@ -19,34 +15,12 @@ import {
 import { httpBackend } from '@narrace/http'
 import { openIndex, type NarIndex } from '@narrace/index'
 import { ipfsBackend, narCid, publishToIpfs } from '@narrace/ipfs'
-import { createHelia, type Helia } from 'helia'
+import type { Helia } from 'helia'
 import { CID } from 'multiformats/cid'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { fixtures } from './fixtures/index.js'
 import { startCacheServer, type CacheServer } from './support/cache-server.js'
-
-/** A Helia node on loopback TCP only: no discovery, no delegated routing, no public gateways. */
-async function loopbackHelia(): Promise<Helia> {
-  const node = await createHelia({
-    libp2p: {
-      addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-      transports: [tcp()],
-      connectionEncrypters: [noise()],
-      streamMuxers: [yamux()],
-      peerDiscovery: [],
-      services: { identify: identify() },
-    },
-    http: { delegatedRouters: [], recursiveGateways: [] },
-  })
-  await node.start()
-  return node
-}
-
-async function connect(from: Helia, to: Helia): Promise<void> {
-  const libp2p = (to as Helia & { libp2p: { getMultiaddrs(): unknown[] } }).libp2p
-  const dialer = (from as Helia & { libp2p: { dial(addr: unknown): Promise<unknown> } }).libp2p
-  await dialer.dial(libp2p.getMultiaddrs()[0])
-}
+import { connect, loopbackHelia } from './support/helia.js'
 
 async function readAll(stream: AsyncIterable<Uint8Array>): Promise<Buffer> {
   const chunks: Uint8Array[] = []

@@ -3,14 +3,10 @@
  * the five end-to-end cases of the proxy issue. IPFS runs as two loopback Helia nodes, BitTorrent as a
  * tracker and a seeder on 127.0.0.1.
  */
-import { noise } from '@chainsafe/libp2p-noise'
-import { yamux } from '@chainsafe/libp2p-yamux'
-import { identify } from '@libp2p/identify'
-import { tcp } from '@libp2p/tcp'
 import { openIndex, type NarIndex } from '@narrace/index'
 import { ipfsBackend, publishToIpfs } from '@narrace/ipfs'
 import { publishToTorrent, torrentBackend } from '@narrace/torrent'
-import { createHelia, type Helia } from 'helia'
+import type { Helia } from 'helia'
 import { pino } from 'pino'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { createProxy, type Proxy, type ProxyOptions } from '../examples/proxy/src/index.js'
@@ -19,6 +15,7 @@ import { nixAvailable, nixSandbox, type NixRun, type NixSandbox } from '../examp
 import { newClient, startTracker, type Tracker } from '../packages/torrent/test/swarm.js'
 import { fixtures } from './fixtures/index.js'
 import { refusedUrl, startCacheServer, type CacheServer } from './support/cache-server.js'
+import { connect, loopbackHelia } from './support/helia.js'
 
 if (!nixAvailable) console.warn('test/nix-proxy.test.ts: skipped, no `nix` on PATH (install Debian\'s nix-bin to run it)')
 
@@ -39,25 +36,6 @@ function sample(text: string, name: string, labels = ''): number {
 
 function ok(run: NixRun): void {
   expect(run.code, `nix failed:\n${run.stderr}`).toBe(0)
-}
-
-async function loopbackHelia(): Promise<Helia> {
-  const node = await createHelia({
-    libp2p: {
-      addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-      transports: [tcp()],
-      connectionEncrypters: [noise()],
-      streamMuxers: [yamux()],
-      peerDiscovery: [],
-      services: { identify: identify() },
-      // Every peer here is on 127.0.0.1, and test 3 dials the provider from a new node per case: libp2p
-      // would refuse more than 5 inbound connections a second from one host.
-      connectionManager: { allow: ['/ip4/127.0.0.1'] },
-    },
-    http: { delegatedRouters: [], recursiveGateways: [] },
-  })
-  await node.start()
-  return node
 }
 
 describe.skipIf(!nixAvailable)('real Nix through the proxy', () => {
@@ -152,9 +130,8 @@ describe.skipIf(!nixAvailable)('real Nix through the proxy', () => {
     /** A Helia node connected to the provider that holds no block yet, so every case fetches over bitswap. */
     async function newFetcher(): Promise<Helia> {
       const fetcher = await loopbackHelia()
-      const libp2p = (node: Helia) => (node as Helia & { libp2p: { dial(a: unknown): Promise<unknown>; getMultiaddrs(): unknown[] } }).libp2p
       try {
-        await libp2p(fetcher).dial(libp2p(provider).getMultiaddrs()[0])
+        await connect(fetcher, provider)
       } catch (error) {
         await fetcher.stop()
         throw error
