@@ -22,7 +22,7 @@ import { fixtures } from './fixtures/index.js'
 import { startCacheServer, type CacheServer } from './support/cache-server.js'
 import { connect, loopbackHelia } from './support/helia.js'
 
-async function readAll(stream: AsyncIterable<Uint8Array>): Promise<Buffer> {
+async function readAll(stream: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<Buffer> {
   const chunks: Uint8Array[] = []
   for await (const chunk of stream) chunks.push(chunk)
   return Buffer.concat(chunks)
