@@ -1,45 +1,22 @@
 import { resolveNarToFile } from '@narrace/core'
 import { httpBackend, walkClosure, type HttpBackend } from '@narrace/http'
-import { execFile } from 'node:child_process'
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { fixtures } from './fixtures/index.js'
 import { startCacheServer, type CacheServer } from './support/cache-server.js'
+import { nixAvailable, nixSandbox, type NixSandbox } from './support/nix.js'
 
-const run = promisify(execFile)
-const hasNix = await run('nix', ['--version']).then(
-  () => true,
-  () => false,
-)
+if (!nixAvailable) console.warn('test/http-closure.test.ts: skipped, no `nix` on PATH (install Debian\'s nix-bin to run it)')
 const top = fixtures.path('diamond-top')
-
-/** A throwaway Nix environment: its own config and cache dirs, trusting only the fixture key, no substituters. */
-function nixEnv(work: string): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    NIX_CONFIG: [
-      'experimental-features = nix-command',
-      'sandbox = false',
-      'build-users-group =',
-      'substituters =',
-      `trusted-public-keys = ${fixtures.publicKey}`,
-    ].join('\n'),
-    XDG_CACHE_HOME: join(work, 'xdg-cache'),
-    XDG_CONFIG_HOME: join(work, 'xdg-config'),
-    XDG_DATA_HOME: join(work, 'xdg-data'),
-  }
-  delete env.NIX_REMOTE
-  return env
-}
 
 describe('a closure walked and raced over faulty HTTP caches', () => {
   let flaky: CacheServer
   let steady: CacheServer
   let backends: HttpBackend[]
   let work: string
+  let nix: NixSandbox | undefined
 
   beforeAll(async () => {
     flaky = await startCacheServer({ root: fixtures.cacheDir })
@@ -50,11 +27,11 @@ describe('a closure walked and raced over faulty HTTP caches', () => {
   afterAll(async () => {
     await Promise.all(backends.map((b) => b.close()))
     await Promise.all([flaky.close(), steady.close()])
-    await run('chmod', ['-R', 'u+w', work]).catch(() => {})
+    await nix?.close()
     await rm(work, { recursive: true, force: true })
   })
 
-  it.skipIf(!hasNix)('makes a file:// cache that real Nix copies from, with every server gone', async () => {
+  it.skipIf(!nixAvailable)('makes a file:// cache that real Nix copies from, with every server gone', async () => {
     // Every NAR on the flaky cache breaks after 100 bytes: each one resumes on the steady mirror.
     flaky.setFaults({ cutAfter: 100 }, /^nar\//)
     const dir = join(work, 'cache')
@@ -82,12 +59,13 @@ describe('a closure walked and raced over faulty HTTP caches', () => {
     expect((await readdir(join(dir, 'nar'))).filter((f) => f.endsWith('.partial'))).toEqual([])
 
     await Promise.all([flaky.close(), steady.close()])
-    const store = join(work, 'store')
-    await run('nix', ['copy', '--from', `file://${dir}`, '--to', store, top.storePath], { env: nixEnv(work) })
-    const { stdout } = await run('nix', ['path-info', '--store', store, '--recursive', top.storePath], {
-      env: nixEnv(work),
-    })
-    expect(stdout.trim().split('\n').sort()).toEqual(
+    nix = await nixSandbox()
+    const store = nix.store()
+    const copy = await nix.copyFrom(`file://${dir}`, store, [top.storePath], fixtures.publicKey)
+    expect(copy.code, copy.stderr).toBe(0)
+    const info = await nix.run('nix', ['path-info', '--store', store, '--recursive', top.storePath])
+    expect(info.code, info.stderr).toBe(0)
+    expect(info.stdout.trim().split('\n').sort()).toEqual(
       ['diamond-top', 'diamond-left', 'diamond-right', 'diamond-bottom'].map((n) => fixtures.path(n).storePath).sort(),
     )
   })

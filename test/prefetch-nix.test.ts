@@ -1,34 +1,24 @@
-import { execFile } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runCli } from '../packages/cli/test/support/run-cli.js'
 import { fixtures } from './fixtures/index.js'
 import { startCacheServer } from './support/cache-server.js'
+import { nixAvailable, nixSandbox, type NixSandbox } from './support/nix.js'
 
-const exec = promisify(execFile)
-
-async function hasNix(): Promise<boolean> {
-  try {
-    await exec('nix', ['--version'])
-    return true
-  } catch {
-    return false
-  }
-}
-
-const nixFound = await hasNix()
-if (!nixFound) console.warn('prefetch-nix: skipped, no `nix` on PATH (Debian: apt-get install nix-bin)')
+if (!nixAvailable) console.warn('prefetch-nix: skipped, no `nix` on PATH (Debian: apt-get install nix-bin)')
 
 /** A subscription fetched with `narrace prefetch --list`, then installed by real Nix with every server gone. */
-describe.skipIf(!nixFound)('narrace prefetch, then nix copy --from file:// offline', () => {
+describe.skipIf(!nixAvailable)('narrace prefetch, then nix copy --from file:// offline', () => {
   let work: string
+  let nix: NixSandbox
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'narrace-prefetch-nix-'))
+    nix = await nixSandbox()
   })
   afterAll(async () => {
+    await nix?.close()
     await rm(work, { recursive: true, force: true })
   })
 
@@ -48,24 +38,15 @@ describe.skipIf(!nixFound)('narrace prefetch, then nix copy --from file:// offli
       await server.close()
     }
 
-    const store = join(work, 'store')
-    const env = {
-      ...process.env,
-      HOME: work,
-      XDG_CACHE_HOME: join(work, 'xdg-cache'),
-      NIX_CONFIG: [
-        'experimental-features = nix-command',
-        'sandbox = false',
-        'build-users-group =',
-        'substituters =',
-        `trusted-public-keys = ${fixtures.publicKey}`,
-      ].join('\n'),
-    }
+    const store = nix.store()
     const paths = roots.map((r) => r.storePath)
-    await exec('nix', ['copy', '--from', `file://${cache}`, '--store', store, ...paths], { env, timeout: 60_000 })
-    const { stdout } = await exec('nix', ['path-info', '--store', store, '--recursive', ...paths], { env, timeout: 60_000 })
+    const copy = await nix.copyFrom(`file://${cache}`, store, paths, fixtures.publicKey)
+    expect(copy.code, copy.stderr).toBe(0)
+    const info = await nix.run('nix', ['path-info', '--store', store, '--recursive', ...paths])
+    expect(info.code, info.stderr).toBe(0)
     const expected = fixtures.paths.filter((p) => p.name.startsWith('closure-') || p.name.startsWith('diamond-'))
-    expect(stdout.trim().split('\n').sort()).toEqual(expected.map((p) => p.storePath).sort())
-    await exec('nix', ['store', 'verify', '--store', store, '--recursive', ...paths], { env, timeout: 60_000 })
+    expect(info.stdout.trim().split('\n').sort()).toEqual(expected.map((p) => p.storePath).sort())
+    const verify = await nix.run('nix', ['store', 'verify', '--store', store, '--recursive', ...paths])
+    expect(verify.code, verify.stderr).toBe(0)
   })
 })

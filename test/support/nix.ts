@@ -8,8 +8,11 @@ import { performance } from 'node:perf_hooks'
 /** Whether a `nix` binary is on PATH; the real-Nix tests skip, saying so, when it is not. */
 export const nixAvailable: boolean = spawnSync('nix', ['--version'], { stdio: 'ignore' }).status === 0
 
-/** Nix used without a daemon, on a store in a temporary folder: no /nix, no sandbox, no build users. */
-const NIX_CONFIG = 'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\n'
+/**
+ * Nix used without a daemon, on a store in a temporary folder: no /nix, no sandbox, no build users, and no
+ * default substituter, so nothing is ever asked of a host but the ones a test names.
+ */
+const NIX_CONFIG = 'experimental-features = nix-command\nsandbox = false\nbuild-users-group =\nsubstituters =\n'
 
 export interface NixRun {
   code: number
