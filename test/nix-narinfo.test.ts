@@ -2,45 +2,33 @@
  * Real Nix accepts narinfo signed by signNarInfo, and refuses it once tampered with. Needs `nix` on PATH
  * (Debian's nix-bin is enough: it runs daemonless against a store in a temp dir).
  */
-import { execFile, spawnSync } from 'node:child_process'
-import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import { formatNarInfo, parseNarInfo, signNarInfo, verifyNarInfo, type NarInfo } from '@narrace/narinfo'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { fixtures } from './fixtures/index.js'
+import { nixAvailable, nixSandbox, type NixSandbox } from './support/nix.js'
 
-const run = promisify(execFile)
-const hasNix = spawnSync('nix', ['--version'], { stdio: 'ignore' }).status === 0
-if (!hasNix) console.warn('nix-narinfo.test.ts: skipped, `nix` is not on PATH (install Debian nix-bin to run it)')
+if (!nixAvailable) console.warn('nix-narinfo.test.ts: skipped, `nix` is not on PATH (install Debian nix-bin to run it)')
 
-describe.skipIf(!hasNix)('narinfo signed by signNarInfo, checked by real Nix', () => {
+describe.skipIf(!nixAvailable)('narinfo signed by signNarInfo, checked by real Nix', () => {
+  let nix: NixSandbox
   let dir: string
-  let env: NodeJS.ProcessEnv
   let secretKey: string
   let publicKey: string
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'narrace-nix-narinfo-'))
-    env = {
-      ...process.env,
-      NIX_CONFIG: 'experimental-features = nix-command\nsandbox = false\nbuild-users-group =',
-      NIX_REMOTE: '',
-      // Nix caches narinfo lookups per cache URL under XDG_CACHE_HOME; a fresh one per run keeps runs apart.
-      XDG_CACHE_HOME: join(dir, 'xdg-cache'),
-      XDG_CONFIG_HOME: join(dir, 'xdg-config'),
-      XDG_DATA_HOME: join(dir, 'xdg-data'),
-    }
+    nix = await nixSandbox()
+    dir = nix.dir
     const keyFiles = [join(dir, 'secret.key'), join(dir, 'public.key')]
-    await run('nix-store', ['--generate-binary-cache-key', 'narrace-nix-test-1', ...keyFiles], { env, timeout: 30_000 })
+    const keys = await nix.run('nix-store', ['--generate-binary-cache-key', 'narrace-nix-test-1', ...keyFiles])
+    expect(keys.code, keys.stderr).toBe(0)
     secretKey = readFileSync(join(dir, 'secret.key'), 'utf8').trim()
     publicKey = readFileSync(join(dir, 'public.key'), 'utf8').trim()
   })
 
-  afterAll(() => {
-    // Nix makes store paths read-only; rmSync with force still removes them as their owner.
-    if (dir) rmSync(dir, { recursive: true, force: true })
+  afterAll(async () => {
+    await nix?.close()
   })
 
   /**
@@ -66,15 +54,9 @@ describe.skipIf(!hasNix)('narinfo signed by signNarInfo, checked by real Nix', (
     storePath: string,
     trustedKey = publicKey,
   ): Promise<{ ok: boolean; stderr: string; store: string }> {
-    const store = join(dir, `store-${cache.split('/').pop()}`)
-    const args = ['copy', '--store', store, '--from', `file://${cache}`, '--option', 'trusted-public-keys', trustedKey]
-    args.push('--option', 'require-sigs', 'true', '--option', 'substituters', '', storePath)
-    try {
-      const { stderr } = await run('nix', args, { env, timeout: 60_000 })
-      return { ok: true, stderr, store }
-    } catch (error) {
-      return { ok: false, stderr: String((error as { stderr?: string }).stderr ?? error), store }
-    }
+    const store = nix.store()
+    const copy = await nix.copyFrom(`file://${cache}`, store, [storePath], trustedKey, { 'require-sigs': 'true' })
+    return { ok: copy.code === 0, stderr: copy.stderr, store }
   }
 
   const diamond = ['diamond-top', 'diamond-left', 'diamond-right', 'diamond-bottom']
@@ -89,7 +71,7 @@ describe.skipIf(!hasNix)('narinfo signed by signNarInfo, checked by real Nix', (
     for (const name of diamond) {
       const { storePath } = fixtures.path(name)
       expect(existsSync(join(store, storePath))).toBe(true)
-      await run('nix-store', ['--store', store, '--verify-path', storePath], { env, timeout: 30_000 })
+      expect((await nix.run('nix-store', ['--store', store, '--verify-path', storePath])).code).toBe(0)
     }
   })
 
@@ -101,7 +83,7 @@ describe.skipIf(!hasNix)('narinfo signed by signNarInfo, checked by real Nix', (
     const { ok, stderr, store } = await nixCopy(cache, self.storePath, fixtures.publicKey)
     expect(stderr).not.toMatch(/error/)
     expect(ok).toBe(true)
-    await run('nix-store', ['--store', store, '--verify-path', self.storePath], { env, timeout: 30_000 })
+    expect((await nix.run('nix-store', ['--store', store, '--verify-path', self.storePath])).code).toBe(0)
   })
 
   it('refuses a signed narinfo whose NarHash was changed afterwards', async () => {
