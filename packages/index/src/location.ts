@@ -22,12 +22,36 @@ export interface NarLocation {
   storePath?: string
   /** The narinfo URL of the file, such as `nar/<nix32>.nar.xz`. */
   url?: string
+  /**
+   * `'gone'` once the publisher no longer holds the file (evicted from its store): the row stays, without
+   * its addresses, so that peers reading changes learn it.
+   */
+  status?: 'gone'
+  /** Where this mapping was learned: `'local'`, `'import'`, `'dht'`, `'peer:<url>'`. A hint, never trusted. */
+  source?: string
   /** When the mapping was last written, as an ISO 8601 date. */
   updatedAt?: string
 }
 
+/** Longest narinfo `URL` kept; a longer one is refused as malformed. */
+export const MAX_URL_LENGTH = 4096
+
+/** Longest `source` kept; a longer one is refused as malformed. */
+export const MAX_SOURCE_LENGTH = 512
+
 /** The keys a mapping may have, in the order `export()` writes them. */
-export const LOCATION_KEYS = ['fileHash', 'size', 'cid', 'btih', 'magnet', 'storePath', 'url', 'updatedAt'] as const
+export const LOCATION_KEYS = [
+  'fileHash',
+  'size',
+  'cid',
+  'btih',
+  'magnet',
+  'storePath',
+  'url',
+  'status',
+  'source',
+  'updatedAt',
+] as const
 
 const HEX_BTIH = /^[0-9a-fA-F]{40}$/
 const BASE32_BTIH = /^[A-Za-z2-7]{32}$/
@@ -122,8 +146,24 @@ export function normalizeLocation(input: unknown): NarLocation {
 
   const url = optional<string>(record, 'url', 'string')
   if (url !== undefined) {
-    if (url === '' || /[\s\0]/.test(url)) invalid(`url '${url}' is empty or has white space`)
+    if (url === '' || url.length > MAX_URL_LENGTH || /[\s\0]/.test(url)) {
+      invalid(`url is empty, longer than ${MAX_URL_LENGTH} characters or has white space`)
+    }
     location.url = url
+  }
+
+  const status = optional<string>(record, 'status', 'string')
+  if (status !== undefined) {
+    if (status !== 'gone') invalid(`status '${status}' is not 'gone'`)
+    location.status = status
+  }
+
+  const source = optional<string>(record, 'source', 'string')
+  if (source !== undefined) {
+    if (source === '' || source.length > MAX_SOURCE_LENGTH || /[\0-\x1f\x7f]/.test(source)) {
+      invalid(`source is empty, longer than ${MAX_SOURCE_LENGTH} characters or has control characters`)
+    }
+    location.source = source
   }
 
   const updatedAt = optional<string>(record, 'updatedAt', 'string')
@@ -133,4 +173,11 @@ export function normalizeLocation(input: unknown): NarLocation {
     location.updatedAt = new Date(time).toISOString()
   }
   return location
+}
+
+/** One mapping as one line of the NDJSON format (no line terminator), keys always in the same order. */
+export function formatLocation(location: NarLocation): string {
+  const ordered: Record<string, unknown> = {}
+  for (const key of LOCATION_KEYS) if (location[key] !== undefined) ordered[key] = location[key]
+  return JSON.stringify(ordered)
 }
