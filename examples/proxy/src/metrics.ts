@@ -100,9 +100,12 @@ export class NarTracker {
         break
       }
       case 'failover':
-        // After a failed verification the stream restarts at 0 and the bad bytes are not credited.
-        if (event.bytes >= this.credited) this.credit(event.bytes)
-        else this.credited = 0
+        this.credit(event.bytes)
+        this.current = event.backend
+        break
+      case 'restart':
+        // After a failed verification the stream starts over at 0 and the bad bytes are not credited.
+        this.credited = 0
         this.current = event.backend
         break
       case 'done':

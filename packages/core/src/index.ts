@@ -7,9 +7,16 @@ export {
   NarraceError,
   NarSizeMismatchError,
   NarStallError,
+  NarUnavailableError,
+  isNarMismatch,
 } from './errors.js'
 export { NarHash, decodeNix32, encodeNix32, parseNarHash } from './hash.js'
-export { DEFAULT_STALL_TIMEOUT_MS, resolveNar } from './resolve.js'
+export {
+  DEFAULT_MAX_NAR_BYTES,
+  DEFAULT_MIN_BYTES_PER_SECOND,
+  DEFAULT_STALL_TIMEOUT_MS,
+  resolveNar,
+} from './resolve.js'
 export { resolveNarToFile, type ResolveNarToFileResult } from './file.js'
 export type {
   NarBackend,

@@ -7,11 +7,17 @@ import {
   NarraceError,
   NarSizeMismatchError,
   NarStallError,
+  NarUnavailableError,
 } from './errors.js'
 import { NarHash, encodeNix32, parseNarHash } from './hash.js'
 import type { NarBackend, NarEvent, NarSource, NarStream, ResolveNarOptions } from './types.js'
 
+/** @default 30000: no byte for this long is a stall. */
 export const DEFAULT_STALL_TIMEOUT_MS = 30_000
+/** @default 1024: fewer bytes a second than this, averaged over the stall timeout, is a stall too. */
+export const DEFAULT_MIN_BYTES_PER_SECOND = 1024
+/** @default 64 GiB: where a file of unknown size is cut. */
+export const DEFAULT_MAX_NAR_BYTES = 64 * 1024 ** 3
 
 /** A backend fails over at most this many times before it is left out of the race. */
 const MAX_STRIKES = 2
@@ -34,6 +40,10 @@ interface Active {
   size: number | undefined
   /** When the pending read started; undefined while the consumer holds a chunk. */
   waitingSince?: number | undefined
+  /** Time spent waiting on this source in the current rate window, not counting the pending read. */
+  waited: number
+  /** Bytes received in the current rate window. */
+  windowBytes: number
   /** Fails the pending read: set while one is pending. */
   wake?: ((error: unknown) => void) | undefined
   /** The one stall timer of this source, re-armed only when it fires. */
@@ -117,6 +127,9 @@ class Download {
   readonly entries: Entry[]
   readonly signal: AbortSignal | undefined
   readonly stallMs: number
+  /** The fewest bytes a source must send per `stallMs` of waiting for it. */
+  readonly minWindowBytes: number
+  readonly maxBytes: number
   readonly t0 = performance.now()
   /** The FileSize from the narinfo, when given. */
   readonly fileSize: number | undefined
@@ -134,6 +147,9 @@ class Download {
     this.options = options
     this.signal = options.signal
     this.stallMs = options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS
+    const minRate = options.minBytesPerSecond ?? DEFAULT_MIN_BYTES_PER_SECOND
+    this.minWindowBytes = Number.isFinite(this.stallMs) && minRate > 0 ? (minRate * this.stallMs) / 1000 : 0
+    this.maxBytes = options.maxNarBytes ?? DEFAULT_MAX_NAR_BYTES
     this.fileSize = options.size
     this.expected = options.size
     const backends: unknown[] = Array.isArray(options.backends) ? options.backends : []
@@ -210,13 +226,15 @@ class Download {
         if (mismatch && errors.every((e) => e instanceof NarHashMismatchError || e instanceof NarNotFoundError)) {
           throw mismatch
         }
+        if (candidates.length === 0) throw new NarNotFoundError(`no backend left to fetch ${this.hash}`, { errors })
         const reasons = candidates.map((c, i) => `${c.name}: ${describe(errors[i])}`).join('; ')
-        throw new NarNotFoundError(
-          candidates.length === 0
-            ? `no backend left to fetch ${this.hash}`
-            : `no backend could deliver ${this.hash} from byte ${offset} (${reasons})`,
-          { errors },
-        )
+        // "Not here" from every source is a miss; anything else may be an outage of a source that has it.
+        if (errors.every((e) => e instanceof NarNotFoundError)) {
+          throw new NarNotFoundError(`no backend has ${this.hash} (${reasons})`, { errors })
+        }
+        throw new NarUnavailableError(`no backend could deliver ${this.hash} from byte ${offset} (${reasons})`, {
+          errors,
+        })
       }
       throw error
     }
@@ -283,7 +301,7 @@ class Download {
         if (state.settled) throw new LostRaceError('race already won')
         state.settled = true
         this.emit('first-byte', entry.name)
-        return { entry, controller, signal, iterator, first: chunk, size: source.size }
+        return { entry, controller, signal, iterator, first: chunk, size: source.size, waited: 0, windowBytes: 0 }
       }
     } catch (error) {
       closeIterator(iterator)
@@ -305,6 +323,12 @@ class Download {
     }
     if (source.size !== undefined) {
       if (!Number.isSafeInteger(source.size) || source.size < 0) junk(`size ${String(source.size)}`)
+      if (this.expected === undefined && source.size > this.maxBytes) {
+        throw new NarSizeMismatchError(
+          `${name} offers ${source.size} bytes of ${this.hash}, more than maxNarBytes (${this.maxBytes})`,
+          { expected: this.maxBytes, actual: source.size, hash: this.hash.toString(), sources: [name] },
+        )
+      }
       if (this.expected !== undefined && source.size !== this.expected) {
         throw new NarSizeMismatchError(
           `${name} offers ${source.size} bytes of ${this.hash}, expected ${this.expected}`,
@@ -339,22 +363,37 @@ class Download {
     closeIterator(active.iterator)
   }
 
+  /**
+   * The one watchdog of a source: it fails a read pending for `stallMs`, and a source that sent fewer
+   * than `minWindowBytes` over `stallMs` of waiting for it. Time the consumer holds a chunk never counts.
+   */
   private armStall(active: Active, ms: number): void {
     active.timer = setTimeout(() => {
       active.timer = undefined
       // Not reading: the consumer is slow, not the source. The next read arms the timer again.
       if (active.waitingSince === undefined) return
-      const waited = performance.now() - active.waitingSince
-      if (waited < this.stallMs) {
-        this.armStall(active, this.stallMs - waited)
+      const now = performance.now()
+      const pending = now - active.waitingSince
+      const window = active.waited + pending
+      const stall = (why: string): void =>
+        active.wake?.(
+          new NarStallError(`${active.entry.name} ${why} at byte ${this.bytesRead} of ${this.hash}`, {
+            backend: active.entry.name,
+            timeoutMs: this.stallMs,
+          }),
+        )
+      if (pending >= this.stallMs) return stall(`stalled for ${this.stallMs} ms`)
+      if (window >= this.stallMs) {
+        if (active.windowBytes < this.minWindowBytes) {
+          return stall(`sent ${active.windowBytes} bytes in ${this.stallMs} ms, under the minimum rate`)
+        }
+        active.waited = 0
+        active.waitingSince = now
+        active.windowBytes = 0
+        this.armStall(active, this.stallMs)
         return
       }
-      active.wake?.(
-        new NarStallError(`${active.entry.name} stalled for ${this.stallMs} ms at byte ${this.bytesRead} of ${this.hash}`, {
-          backend: active.entry.name,
-          timeoutMs: this.stallMs,
-        }),
-      )
+      this.armStall(active, this.stallMs - Math.max(pending, window))
     }, ms)
   }
 
@@ -365,6 +404,7 @@ class Download {
       const settle = (): boolean => {
         if (active.wake !== wake) return false
         active.wake = undefined
+        if (active.waitingSince !== undefined) active.waited += performance.now() - active.waitingSince
         active.waitingSince = undefined
         return true
       }
@@ -459,11 +499,14 @@ class Download {
         if (empty % EMPTY_RUN === 0) await breathe()
         continue
       }
-      if (this.expected !== undefined && this.bytesRead + chunk.length > this.expected) {
+      active.windowBytes += chunk.length
+      const limit = this.expected ?? this.maxBytes
+      if (this.bytesRead + chunk.length > limit) {
+        const bound = this.expected === undefined ? `maxNarBytes (${limit})` : `the ${limit} bytes of ${this.hash}`
         throw new NarSizeMismatchError(
-          `${active.entry.name} sent more than the ${this.expected} bytes of ${this.hash}`,
+          `${active.entry.name} sent more than ${bound}`,
           {
-            expected: this.expected,
+            expected: limit,
             actual: this.bytesRead + chunk.length,
             hash: this.hash.toString(),
             sources: [...this.sources, active.entry.name].filter((v, i, all) => all.indexOf(v) === i),
@@ -517,7 +560,7 @@ class Download {
     }
     this.winner = this.active!.entry.name
     this.expected ??= this.active!.size
-    this.emit('failover', this.active!.entry.name)
+    this.emit('restart', this.active!.entry.name)
   }
 
   /** Cancels whatever is still running. Safe to call more than once. */

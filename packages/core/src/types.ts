@@ -28,7 +28,11 @@ export interface NarSource {
   size?: number
 }
 
-export type NarEventType = 'start' | 'first-byte' | 'win' | 'abort' | 'fail' | 'failover' | 'done'
+/**
+ * `restart` marks a start over from byte 0 after a failed verification (verify-first): what was counted
+ * for the earlier sources is void.
+ */
+export type NarEventType = 'start' | 'first-byte' | 'win' | 'abort' | 'fail' | 'failover' | 'restart' | 'done'
 
 export interface NarEvent {
   type: NarEventType
@@ -50,6 +54,18 @@ export interface ResolveNarOptions {
   url?: string
   /** A source that yields no byte for this long is dropped and the next takes over. @default 30000 */
   stallTimeoutMs?: number
+  /**
+   * A source that sends fewer bytes than this per second, on average over `stallTimeoutMs` of waiting
+   * for it, counts as stalled too (curl's low-speed limit, which Nix relies on). 0 turns it off.
+   * @default 1024
+   */
+  minBytesPerSecond?: number
+  /**
+   * Without a `size`, a file is cut here with NarSizeMismatchError: a source that never ends can't fill
+   * the disk. Pass a tighter bound when one is known (the narinfo's NarSize plus compression overhead).
+   * @default 68719476736 (64 GiB)
+   */
+  maxNarBytes?: number
   /** Per-backend start delay in ms, by backend name. @default {} */
   hedge?: Record<string, number>
   /** Files of at most this many bytes are verified whole before the first byte is yielded. @default 0 */

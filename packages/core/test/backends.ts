@@ -87,7 +87,11 @@ export function scripted(name: string, data: Uint8Array, o: ScriptedOptions = {}
 
 export function sample(size: number): { data: Uint8Array; hash: NarHash } {
   const data = new Uint8Array(randomBytes(size))
-  return { data, hash: parseNarHash(`sha256:${createHash('sha256').update(data).digest('hex')}`) }
+  return { data, hash: hashOf(data) }
+}
+
+export function hashOf(data: Uint8Array): NarHash {
+  return parseNarHash(`sha256:${createHash('sha256').update(data).digest('hex')}`)
 }
 
 export async function collect(stream: AsyncIterable<Uint8Array>): Promise<Buffer> {

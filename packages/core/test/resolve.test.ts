@@ -7,12 +7,14 @@ import {
   NarNotFoundError,
   NarSizeMismatchError,
   NarStallError,
+  NarUnavailableError,
+  isNarMismatch,
   resolveNar,
   type NarBackend,
   type NarEvent,
 } from '../src/index.js'
 import { getEventListeners } from 'node:events'
-import { chunked, collect, sample, scripted, split, within } from './backends.js'
+import { chunked, collect, hashOf, sample, scripted, split, within } from './backends.js'
 
 const { data, hash } = sample(64 * 1024)
 
@@ -126,13 +128,23 @@ describe('resolveNar: the race', () => {
     await collect(stream)
   })
 
-  it('rejects with NarNotFoundError listing every backend error when none has the file', async () => {
-    const reset = new NarBackendError('connection refused')
-    const backends = [scripted('a', data, { missing: true }), scripted('b', data, { fail: reset })]
+  it('rejects with NarNotFoundError only when every backend said it has no copy', async () => {
+    const backends = [scripted('a', data, { missing: true }), scripted('b', data, { missing: true })]
     const error = await resolveNar(hash, { backends }).catch((e: unknown) => e)
     expect(error).toBeInstanceOf(NarNotFoundError)
     expect(error).toMatchObject({ code: 'NARRACE_NOT_FOUND', name: 'NarNotFoundError' })
-    const errors = (error as NarNotFoundError).errors
+    expect((error as NarNotFoundError).errors).toHaveLength(2)
+    expect(isNarMismatch(error)).toBe(false)
+  })
+
+  it('rejects with NarUnavailableError listing every backend error when one failed for another reason', async () => {
+    const reset = new NarBackendError('connection refused')
+    const backends = [scripted('a', data, { missing: true }), scripted('b', data, { fail: reset })]
+    const error = await resolveNar(hash, { backends }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    expect(error).not.toBeInstanceOf(NarNotFoundError)
+    expect(error).toMatchObject({ code: 'NARRACE_UNAVAILABLE', name: 'NarUnavailableError' })
+    const errors = (error as NarUnavailableError).errors
     expect(errors).toHaveLength(2)
     expect(errors[0]).toBeInstanceOf(NarNotFoundError)
     expect(errors[1]).toBe(reset)
@@ -168,8 +180,8 @@ describe('resolveNar: the race', () => {
     expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
 
     const error = await resolveNar(hash, { backends: backends.slice(0, 5) }).catch((e: unknown) => e)
-    expect(error).toBeInstanceOf(NarNotFoundError)
-    expect((error as NarNotFoundError).errors).toHaveLength(5)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    expect((error as NarUnavailableError).errors).toHaveLength(5)
     expect((error as Error).message).toMatch(/junk: backend junk returned junk/)
   })
 
@@ -304,8 +316,8 @@ describe('resolveNar: fail-over', () => {
   it('treats a source that sends no byte within stallTimeoutMs as failed', async () => {
     const silent = scripted('silent', data, { stallAt: 0 })
     const error = await resolveNar(hash, { backends: [silent], stallTimeoutMs: 50 }).catch((e: unknown) => e)
-    expect(error).toBeInstanceOf(NarNotFoundError)
-    expect((error as NarNotFoundError).errors[0]).toBeInstanceOf(NarStallError)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    expect((error as NarUnavailableError).errors[0]).toBeInstanceOf(NarStallError)
   })
 
   it('resumes a short end from another source', async () => {
@@ -517,8 +529,8 @@ describe('resolveNar: the race, with hand-written doubles', () => {
     expect(stream.winner).toBe('late')
     expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
     const error = await resolveNar(hash, { backends: [empties] }).catch((e: unknown) => e)
-    expect(error).toBeInstanceOf(NarNotFoundError)
-    expect((error as NarNotFoundError).errors[0]).toBeInstanceOf(NarBackendError)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    expect((error as NarUnavailableError).errors[0]).toBeInstanceOf(NarBackendError)
   })
 
   it('takes a source that yields only empty chunks, without end, for a stall rather than hanging', async () => {
@@ -533,8 +545,8 @@ describe('resolveNar: the race, with hand-written doubles', () => {
       }),
     })
     const error = await resolveNar(hash, { backends: [empties('race')], stallTimeoutMs: 50 }).catch((e: unknown) => e)
-    expect(error).toBeInstanceOf(NarNotFoundError)
-    expect((error as NarNotFoundError).errors[0]).toBeInstanceOf(NarStallError)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    expect((error as NarUnavailableError).errors[0]).toBeInstanceOf(NarStallError)
 
     const events: NarEvent[] = []
     const stream = await resolveNar(hash, {
@@ -602,8 +614,8 @@ describe('resolveNar: the race, with hand-written doubles', () => {
     }
     const unhandled = await unhandledDuring(async () => {
       const error = await resolveNar(hash, { backends: [nothing, noBody, throwingNext] }).catch((e: unknown) => e)
-      expect(error).toBeInstanceOf(NarNotFoundError)
-      expect((error as NarNotFoundError).errors).toHaveLength(3)
+      expect(error).toBeInstanceOf(NarUnavailableError)
+      expect((error as NarUnavailableError).errors).toHaveLength(3)
       const stream = await resolveNar(hash, { backends: [nothing, noBody, throwingNext, sync] })
       expect(stream.winner).toBe('sync')
       expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
@@ -877,5 +889,100 @@ describe('resolveNar: the consumer', () => {
     expect(events.some((e) => e.type === 'done')).toBe(false)
     expect(timers.live()).toBe(0)
     expect(handles()).toBe(before)
+  })
+})
+
+describe('resolveNar: bounds on slow and endless sources', () => {
+  /** A source that sends `bytes` bytes every `everyMs`, from `offset`, without end unless `data` runs out. */
+  function trickle(name: string, bytes: number, everyMs: number, source: Uint8Array = data): NarBackend {
+    return {
+      name,
+      fetch: async (_h, options) => {
+        const offset = options.offset ?? 0
+        return {
+          offset,
+          body: (async function* () {
+            for (let at = offset; at < source.length; at += bytes) {
+              yield source.subarray(at, at + bytes)
+              await delay(everyMs, undefined, { signal: options.signal })
+            }
+          })(),
+        }
+      },
+    }
+  }
+
+  it('fails over from a source under minBytesPerSecond, though it never goes stallTimeoutMs without a byte', async () => {
+    const events: NarEvent[] = []
+    const slow = trickle('trickle', 8, 20)
+    const stream = await resolveNar(hash, {
+      backends: [slow, chunked('backup', split(data, 4096), { fetchMs: 40 })],
+      stallTimeoutMs: 200,
+      minBytesPerSecond: 1024,
+      onEvent: (e) => events.push(e),
+    })
+    expect(stream.winner).toBe('trickle')
+    expect(Buffer.from(await within(5000, collect(stream))).equals(data)).toBe(true)
+    expect(stream.sources).toEqual(['trickle', 'backup'])
+    const fail = events.find((e) => e.type === 'fail' && e.backend === 'trickle')
+    expect(fail?.error).toBeInstanceOf(NarStallError)
+    expect((fail?.error as Error).message).toMatch(/minimum rate/)
+  })
+
+  it('keeps a slow source above minBytesPerSecond, and one of any rate with minBytesPerSecond 0', async () => {
+    const small = data.subarray(0, 256)
+    const steady = trickle('steady', 64, 10, data.subarray(0, 2048))
+    const stream = await resolveNar(hashOf(data.subarray(0, 2048)), {
+      backends: [steady],
+      stallTimeoutMs: 100,
+      minBytesPerSecond: 1024,
+    })
+    expect((await within(5000, collect(stream))).length).toBe(2048)
+    // 800 bytes a second: under the default minimum.
+    const slow = trickle('slow', 16, 20, small)
+    const unbounded = await resolveNar(hashOf(small), { backends: [slow], stallTimeoutMs: 100, minBytesPerSecond: 0 })
+    expect((await within(10_000, collect(unbounded))).length).toBe(small.length)
+  })
+
+  it('cuts a file of unknown size at maxNarBytes with NarSizeMismatchError', async () => {
+    const endless: NarBackend = {
+      name: 'endless',
+      fetch: async () => ({
+        offset: 0,
+        body: (async function* () {
+          for (;;) yield new Uint8Array(4096)
+        })(),
+      }),
+    }
+    const stream = await resolveNar(hash, { backends: [endless], maxNarBytes: 100_000 })
+    let delivered = 0
+    const error = await (async () => {
+      for await (const chunk of stream) delivered += chunk.length
+    })().catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarSizeMismatchError)
+    expect(isNarMismatch(error)).toBe(true)
+    expect(error).toMatchObject({ expected: 100_000, sources: ['endless'] })
+    expect((error as Error).message).toMatch(/maxNarBytes/)
+    expect(delivered).toBeLessThanOrEqual(100_000)
+  })
+
+  it('drops a source that announces more than maxNarBytes before it sends a byte', async () => {
+    const big = scripted('big', data, { announceSize: 1 << 30 })
+    const error = await resolveNar(hash, { backends: [big], maxNarBytes: 1 << 20 }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarSizeMismatchError)
+    expect(error).toMatchObject({ expected: 1 << 20, actual: 1 << 30 })
+  })
+
+  it('reports a verify-first start over as restart, not failover', async () => {
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [scripted('corrupt', data, { corruptAt: 10 }), scripted('good', data, { latencyMs: 50 })],
+      size: data.length,
+      verifyFirstBelow: data.length,
+      onEvent: (e) => events.push(e),
+    })
+    await collect(stream)
+    expect(events.find((e) => e.type === 'restart')).toMatchObject({ backend: 'good', bytes: 0 })
+    expect(events.some((e) => e.type === 'failover')).toBe(false)
   })
 })

@@ -3,6 +3,7 @@ import {
   NarHashMismatchError,
   NarNotFoundError,
   NarSizeMismatchError,
+  NarUnavailableError,
   parseNarHash,
   resolveNar,
   type NarBackend,
@@ -346,7 +347,7 @@ describe('resolveNar over faulty caches', () => {
     expect(b.requests.map((r) => [r.range, r.status])).toEqual([[undefined, 200]])
   })
 
-  it('a 500 and a refused port both lose to a healthy cache; alone they give NarNotFoundError listing why', async () => {
+  it('a 500 and a refused port both lose to a healthy cache; alone they give NarUnavailableError listing why', async () => {
     a.setFaults({ status: 500 })
     const dead = httpBackend({ url: await refusedUrl(), name: 'dead' })
     made.push(dead)
@@ -357,8 +358,8 @@ describe('resolveNar over faulty caches', () => {
     const error = await resolveNar(mid.fileHash, { backends: [dead, first] as NarBackend[], size: mid.fileSize }).catch(
       (e: unknown) => e,
     )
-    expect(error).toBeInstanceOf(NarNotFoundError)
-    const errors = (error as NarNotFoundError).errors
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    const errors = (error as NarUnavailableError).errors
     expect(errors).toHaveLength(2)
     expect(errors[0]).toBeInstanceOf(NarBackendError)
     expect(errors[1]).toMatchObject({ code: 'NARRACE_BACKEND', status: 500 })
