@@ -210,7 +210,7 @@ export async function startCacheServer(options: CacheServerOptions): Promise<Cac
 }
 
 /** Parses a single `bytes=` range against `size`; undefined means "serve it all", null "unsatisfiable". */
-function parseRange(header: string | undefined, size: number): { start: number; end: number } | undefined | null {
+export function parseRange(header: string | undefined, size: number): { start: number; end: number } | undefined | null {
   if (!header) return undefined
   const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim())
   if (!m || (m[1] === '' && m[2] === '')) return undefined
