@@ -12,9 +12,12 @@ export {
 } from './errors.js'
 export { NarHash, decodeNix32, encodeNix32, parseNarHash } from './hash.js'
 export {
+  DEFAULT_CONNECTIONS_PER_SOURCE,
+  DEFAULT_MAX_BUFFER_BYTES,
   DEFAULT_MAX_NAR_BYTES,
   DEFAULT_MIN_BYTES_PER_SECOND,
   DEFAULT_STALL_TIMEOUT_MS,
+  DEFAULT_STRIPE_ABOVE,
   resolveNar,
 } from './resolve.js'
 export { resolveNarToFile, type ResolveNarToFileResult } from './file.js'

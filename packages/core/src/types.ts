@@ -6,6 +6,11 @@ export interface NarFetchOptions {
   signal: AbortSignal
   /** Where to start: a backend that can, starts here and reports it in `NarSource.offset`. */
   offset?: number
+  /**
+   * Where to stop, exclusive: a backend that serves ranges sends no byte from here on and says so with
+   * `NarSource.ranges`. narrace cuts a body that goes on past it, so a backend may ignore it.
+   */
+  end?: number
   /** The narinfo FileSize, when known. */
   size?: number
   /** The narinfo URL (`nar/<nix32>.nar.xz`), relative to a binary cache. */
@@ -26,6 +31,11 @@ export interface NarSource {
   offset: number
   /** The size of the whole file, when the source knows it. */
   size?: number
+  /**
+   * True when this backend serves any byte range asked of it (`offset` and `end` both honoured, on this
+   * and later calls). Only such sources get segments of a striped download; the others are used whole.
+   */
+  ranges?: boolean
 }
 
 /**
@@ -70,6 +80,18 @@ export interface ResolveNarOptions {
   hedge?: Record<string, number>
   /** Files of at most this many bytes are verified whole before the first byte is yielded. @default 0 */
   verifyFirstBelow?: number
+  /**
+   * Once the size is known and at least this many bytes are left, the rest is striped over every source
+   * that serves ranges. `Infinity` turns striping off. @default 8388608 (8 MiB)
+   */
+  stripeAbove?: number
+  /** While striping, at most this many segments at a time from one source. @default 2 */
+  connectionsPerSource?: number
+  /**
+   * While striping, bytes that arrived ahead of the consumer wait in a buffer of at most this many bytes;
+   * no segment starts that could overflow it. @default 33554432 (32 MiB)
+   */
+  maxBufferBytes?: number
   onEvent?: (event: NarEvent) => void
 }
 

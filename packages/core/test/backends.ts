@@ -25,10 +25,12 @@ export interface ScriptedOptions {
   ignoreOffset?: boolean
   /** The size announced in NarSource.size. */
   announceSize?: number
+  /** Serve ranges: honour `end` and say so in NarSource.ranges. */
+  ranged?: boolean
 }
 
 export interface Scripted extends NarBackend {
-  calls: { offset: number; signal: AbortSignal }[]
+  calls: { offset: number; end?: number | undefined; signal: AbortSignal }[]
   /** How many bodies were closed (return() or abort) before their end. */
   closed: number
   /** How many fetch signals fired. */
@@ -46,7 +48,7 @@ export function scripted(name: string, data: Uint8Array, o: ScriptedOptions = {}
     yielded: 0,
     async fetch(_hash: NarHash, options): Promise<NarSource> {
       const { signal } = options
-      backend.calls.push({ offset: options.offset ?? 0, signal })
+      backend.calls.push({ offset: options.offset ?? 0, end: options.end, signal })
       signal.addEventListener('abort', () => backend.aborted++, { once: true })
       if (o.latencyMs) await delay(o.latencyMs, undefined, { signal })
       if (o.missing) throw new NarNotFoundError(`${name} has no copy`)
@@ -55,15 +57,16 @@ export function scripted(name: string, data: Uint8Array, o: ScriptedOptions = {}
       const bytes = Uint8Array.from(data)
       if (o.corruptAt !== undefined) bytes[o.corruptAt]! ^= 0xff
       const chunkSize = o.chunkSize ?? 1024
+      const stop = o.ranged && options.end !== undefined ? Math.min(options.end, bytes.length) : bytes.length
       async function* body(): AsyncGenerator<Uint8Array> {
         let finished = false
         try {
-          for (let at = offset; at < bytes.length; ) {
+          for (let at = offset; at < stop; ) {
             if (o.chunkDelayMs) await delay(o.chunkDelayMs, undefined, { signal })
             if (o.truncateAt !== undefined && at >= o.truncateAt) break
             if (o.failAt !== undefined && at >= o.failAt) throw new NarBackendError(`${name} connection reset`)
             if (o.stallAt !== undefined && at >= o.stallAt) await delay(3_600_000, undefined, { signal })
-            let end = Math.min(at + chunkSize, bytes.length)
+            let end = Math.min(at + chunkSize, stop)
             for (const limit of [o.failAt, o.stallAt, o.truncateAt]) {
               if (limit !== undefined && at < limit) end = Math.min(end, limit)
             }
@@ -79,6 +82,7 @@ export function scripted(name: string, data: Uint8Array, o: ScriptedOptions = {}
       }
       const source: NarSource = { body: body(), offset }
       if (o.announceSize !== undefined) source.size = o.announceSize
+      if (o.ranged) source.ranges = true
       return source
     },
   }
@@ -178,4 +182,37 @@ export function within<T>(ms: number, promise: Promise<T>): Promise<T> {
     timer = setTimeout(() => reject(new Error(`still pending after ${ms} ms`)), ms)
   })
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+/**
+ * Counts the timers that code under test set with the global setTimeout and has neither cleared nor seen
+ * fire. The test runner's own timers come and go during a test, so a global count would be flaky.
+ */
+export function trackTimers(): { live: () => number; [Symbol.dispose]: () => void } {
+  const { setTimeout: set, clearTimeout: clear } = globalThis
+  const live = new Set<unknown>()
+  globalThis.setTimeout = ((fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+    const id = set((...a: unknown[]) => {
+      live.delete(id)
+      fn(...a)
+    }, ms, ...args)
+    live.add(id)
+    return id
+  }) as typeof setTimeout
+  globalThis.clearTimeout = ((id: Parameters<typeof clearTimeout>[0]) => {
+    live.delete(id)
+    clear(id)
+  }) as typeof clearTimeout
+  return {
+    live: () => live.size,
+    [Symbol.dispose]: () => {
+      globalThis.setTimeout = set
+      globalThis.clearTimeout = clear
+    },
+  }
+}
+
+/** Sockets, file handles and the like: everything active but timers. */
+export function handles(): number {
+  return process.getActiveResourcesInfo().filter((r) => r !== 'Timeout' && r !== 'Immediate').length
 }

@@ -14,42 +14,9 @@ import {
   type NarEvent,
 } from '../src/index.js'
 import { getEventListeners } from 'node:events'
-import { chunked, collect, hashOf, sample, scripted, split, within } from './backends.js'
+import { chunked, collect, handles, hashOf, sample, scripted, split, trackTimers, within } from './backends.js'
 
 const { data, hash } = sample(64 * 1024)
-
-/**
- * Counts the timers that code under test set with the global setTimeout and has neither cleared nor seen
- * fire. The test runner's own timers come and go during a test, so a global count would be flaky.
- */
-function trackTimers(): { live: () => number; [Symbol.dispose]: () => void } {
-  const { setTimeout: set, clearTimeout: clear } = globalThis
-  const live = new Set<unknown>()
-  globalThis.setTimeout = ((fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) => {
-    const id = set((...a: unknown[]) => {
-      live.delete(id)
-      fn(...a)
-    }, ms, ...args)
-    live.add(id)
-    return id
-  }) as typeof setTimeout
-  globalThis.clearTimeout = ((id: Parameters<typeof clearTimeout>[0]) => {
-    live.delete(id)
-    clear(id)
-  }) as typeof clearTimeout
-  return {
-    live: () => live.size,
-    [Symbol.dispose]: () => {
-      globalThis.setTimeout = set
-      globalThis.clearTimeout = clear
-    },
-  }
-}
-
-/** Sockets, file handles and the like: everything active but timers. */
-function handles(): number {
-  return process.getActiveResourcesInfo().filter((r) => r !== 'Timeout' && r !== 'Immediate').length
-}
 
 describe('resolveNar: the race', () => {
   it('picks the first backend to yield a byte, not the first fetch() to resolve', async () => {

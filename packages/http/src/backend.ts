@@ -46,7 +46,9 @@ export interface HttpBackend extends NarBackend {
 /**
  * A narrace backend that fetches `nar/<nix32>.nar.xz` (or the narinfo URL that `resolveNar` passes on)
  * from one binary cache, over one keep-alive undici Pool. A resume at `offset > 0` sends
- * `Range: bytes=offset-`; a server that answers 200 instead restarts at 0, which `resolveNar` skips.
+ * `Range: bytes=offset-`; a server that answers 200 instead restarts at 0, which `resolveNar` skips. With
+ * `end`, it asks for `Range: bytes=offset-(end - 1)`, and a 206 says `ranges: true`, so `resolveNar`
+ * may stripe over this cache; so does a 200 with `Accept-Ranges: bytes`.
  * Bytes are never decoded: the FileHash is the hash of the file as stored. Up to MAX_REDIRECTS
  * redirects are followed (attic, for one, sends NARs to S3), without credentials once they leave the origin.
  *
@@ -84,6 +86,7 @@ export function httpBackend(options: HttpBackendOptions): HttpBackend {
       // resolveNar always passes a NarHash and a signal; a direct caller may not.
       const { signal, size, url: narUrl } = (fetchOptions ?? {}) as Partial<NarFetchOptions>
       const offset = fetchOptions?.offset ?? 0
+      const end = rangeEnd(offset, fetchOptions?.end)
       signal?.throwIfAborted()
       // As in Nix, a narinfo URL may also be absolute.
       const relative = narUrl ?? `nar/${parseNarHash(hash).nix32}.nar.xz`
@@ -93,7 +96,8 @@ export function httpBackend(options: HttpBackendOptions): HttpBackend {
         throw new NarBackendError(`${name}: the NAR URL ${target.href} is not http(s)`, { backend: name })
       }
       const headers: Record<string, string> = { ...options.headers, 'accept-encoding': 'identity' }
-      if (offset > 0) headers.range = `bytes=${offset}-`
+      if (end !== undefined) headers.range = `bytes=${offset}-${end - 1}`
+      else if (offset > 0) headers.range = `bytes=${offset}-`
 
       let response: Dispatcher.ResponseData
       let url: URL
@@ -104,7 +108,7 @@ export function httpBackend(options: HttpBackendOptions): HttpBackend {
       }
       const body = response.body
       try {
-        const source = checkResponse(response, { offset, size, url: url.href, name })
+        const source = checkResponse(response, { offset, end, size, url: url.href, name })
         return { ...source, body: readBody(body, url.href, name, signal) }
       } catch (error) {
         // Reading a short error body to its end keeps the connection for the next request.
@@ -122,10 +126,10 @@ export function httpBackend(options: HttpBackendOptions): HttpBackend {
 /** Reads the status and length headers; throws before any byte when they rule the response out. */
 function checkResponse(
   response: Dispatcher.ResponseData,
-  expect: { offset: number; size: number | undefined; url: string; name: string },
+  expect: { offset: number; end: number | undefined; size: number | undefined; url: string; name: string },
 ): Omit<NarSource, 'body'> {
   const { statusCode, headers } = response
-  const { offset, size, url, name } = expect
+  const { offset, end, size, url, name } = expect
   const length = numberHeader(headers['content-length'])
   const mismatch = (actual: number, what: string): NarSizeMismatchError =>
     new NarSizeMismatchError(`${name}: ${what} says ${actual} bytes, the narinfo says ${size} (${url})`, {
@@ -135,11 +139,15 @@ function checkResponse(
 
   if (statusCode === 200) {
     if (size !== undefined && length !== undefined && length !== size) throw mismatch(length, 'Content-Length')
-    return length === undefined ? { offset: 0 } : { offset: 0, size: length }
+    // A server that ignored a Range header can't be trusted with the next one, whatever it says.
+    const ranges = end === undefined && offset === 0 && String(headers['accept-ranges'] ?? '').trim() === 'bytes'
+    return length === undefined ? { offset: 0, ranges } : { offset: 0, size: length, ranges }
   }
-  if (statusCode === 206 && offset > 0) {
+  if (statusCode === 206 && (offset > 0 || end !== undefined)) {
     const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(headers['content-range'] ?? '').trim())
-    if (!range || Number(range[1]) !== offset) {
+    const last = range ? Number(range[2]) : NaN
+    // A server may stop early at the end of the file, never past what was asked.
+    if (!range || Number(range[1]) !== offset || (end !== undefined && last >= end) || last < offset) {
       throw new NarBackendError(
         `${name}: a 206 with Content-Range '${String(headers['content-range'])}' for a request from ${offset} (${url})`,
         { backend: name, status: statusCode },
@@ -148,12 +156,27 @@ function checkResponse(
     const total = range[3] === '*' ? undefined : Number(range[3])
     if (size !== undefined && total !== undefined && total !== size) throw mismatch(total, 'Content-Range')
     const whole = total ?? size
-    if (whole !== undefined && length !== undefined && offset + length !== whole) {
+    if (end !== undefined) {
+      if (length !== undefined && length !== last + 1 - offset) {
+        throw new NarBackendError(`${name}: a 206 of ${length} bytes for Content-Range bytes ${offset}-${last} (${url})`, {
+          backend: name,
+          status: statusCode,
+        })
+      }
+      if (whole !== undefined && last + 1 !== Math.min(end, whole)) throw mismatch(last + 1, 'Content-Range')
+    } else if (whole !== undefined && length !== undefined && offset + length !== whole) {
       throw mismatch(offset + length, 'Content-Length from the offset')
     }
-    return whole === undefined ? { offset } : { offset, size: whole }
+    return whole === undefined ? { offset, ranges: true } : { offset, size: whole, ranges: true }
   }
   throw statusError(statusCode, url, name)
+}
+
+/** The exclusive end to ask for, or undefined for the rest of the file. */
+function rangeEnd(offset: number, end: number | undefined): number | undefined {
+  if (end === undefined) return undefined
+  if (!Number.isSafeInteger(end) || end <= offset) throw new RangeError(`end must be an integer above offset ${offset}, got ${end}`)
+  return end
 }
 
 function numberHeader(value: string | string[] | undefined): number | undefined {

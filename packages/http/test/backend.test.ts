@@ -114,6 +114,45 @@ describe('httpBackend', () => {
     ])
   })
 
+  it('asks for a range with end, says it serves ranges on a 206, and not when the server ignores Range', async () => {
+    const cache = backend(a.url)
+    const whole = await readFile(fixtures.narPath('200k'))
+    const signal = new AbortController().signal
+    const part = await cache.fetch(hash('200k'), { signal, offset: 1000, end: 5000, size: mid.fileSize })
+    expect(part).toMatchObject({ offset: 1000, size: mid.fileSize, ranges: true })
+    const bytes: Uint8Array[] = []
+    for await (const chunk of part.body) bytes.push(chunk)
+    expect(Buffer.concat(bytes).equals(whole.subarray(1000, 5000))).toBe(true)
+    const head = await cache.fetch(hash('200k'), { signal, offset: 0, end: 10, size: mid.fileSize })
+    expect(head).toMatchObject({ offset: 0, ranges: true })
+    for await (const _ of head.body) break
+
+    a.setFaults({ noRange: true })
+    const ignored = await cache.fetch(hash('200k'), { signal, offset: 1000, end: 5000, size: mid.fileSize })
+    expect(ignored).toMatchObject({ offset: 0, ranges: false })
+    for await (const _ of ignored.body) break
+    expect(a.requests.map((r) => [r.range, r.status])).toEqual([
+      ['bytes=1000-4999', 206],
+      ['bytes=0-9', 206],
+      ['bytes=1000-4999', 200],
+    ])
+  })
+
+  it('stripes one NAR over two caches, byte-exact', async () => {
+    const backends = [backend(a.url, 'a'), backend(b.url, 'b')]
+    const stream = await resolveNar(big.fileHash, {
+      backends,
+      size: big.fileSize,
+      stripeAbove: 0,
+      maxBufferBytes: 128 * 1024,
+    })
+    expect(sha256(await drain(stream))).toBe(big.fileHashHex)
+    expect([...stream.sources].sort()).toEqual(['a', 'b'])
+    const ranged = [...a.requests, ...b.requests].filter((r) => /^bytes=\d+-\d+$/.test(r.range ?? ''))
+    expect(ranged.length).toBeGreaterThan(2)
+    expect(ranged.every((r) => r.status === 206)).toBe(true)
+  })
+
   it('maps 403, 404 and 410 to NarNotFoundError and 500 to NarBackendError with the status', async () => {
     const cache = backend(a.url)
     const signal = new AbortController().signal

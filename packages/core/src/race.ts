@@ -1,0 +1,112 @@
+import { NarBackendError, NarHashMismatchError, NarNotFoundError, NarUnavailableError } from './errors.js'
+import type { NarHash } from './hash.js'
+import { LostRaceError, describe, noop, SourceStream } from './source.js'
+import type { NarBackend, NarEventType } from './types.js'
+
+/** A backend as the download sees it: how often it failed, and whether it is out for good. */
+export interface Entry {
+  backend: NarBackend
+  name: string
+  strikes: number
+  dead: boolean
+  /** Whether it serves ranges: unknown until one of its answers says. */
+  ranges: boolean | undefined
+}
+
+/** What the race needs from the download it runs for. */
+export interface RaceHost {
+  readonly hash: NarHash
+  readonly signal: AbortSignal | undefined
+  readonly hedge: Record<string, number> | undefined
+  emit(type: NarEventType, backend: string, error?: unknown): void
+  strike(entry: Entry, error: unknown): void
+  /** A connection to `entry` from `offset`, not yet connected. */
+  source(entry: Entry, offset: number): SourceStream
+}
+
+/** Waits `ms`, or less once `wake` fires; rejects when `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal, wake: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const either = AbortSignal.any([signal, wake])
+    if (either.aborted) return done()
+    const timer = setTimeout(done, ms)
+    either.addEventListener('abort', done, { once: true })
+    function done(): void {
+      clearTimeout(timer)
+      either.removeEventListener('abort', done)
+      if (signal.aborted) reject(signal.reason)
+      else resolve()
+    }
+  })
+}
+
+/**
+ * Starts `candidates` at `offset` (after their hedge delays, when `hedged`); resolves with the first to
+ * yield a byte and aborts the rest. When every one fails: the verification error if that is all there
+ * was, NarNotFoundError when every one said "not here", else NarUnavailableError with every error.
+ */
+export async function race(host: RaceHost, candidates: Entry[], offset: number, hedged: boolean): Promise<SourceStream> {
+  const failures = new Map<Entry, unknown>()
+  let settled = false
+  let running = 0
+  // Once every started attempt has failed, hedged ones stop waiting.
+  const wake = new AbortController()
+  const attempts = candidates.map((entry) => {
+    const source = host.source(entry, offset)
+    let started = false
+    const run = async (): Promise<SourceStream> => {
+      const delay = hedged ? (host.hedge?.[entry.name] ?? 0) : 0
+      if (delay > 0) await sleep(delay, source.signal, wake.signal)
+      if (settled || source.signal.aborted) throw source.signal.reason ?? new LostRaceError('race already won')
+      started = true
+      running++
+      host.emit('start', entry.name)
+      await source.connect()
+      if (settled) throw new LostRaceError('race already won')
+      settled = true
+      host.emit('first-byte', entry.name)
+      return source
+    }
+    const promise = run().catch((error: unknown) => {
+      source.close(error)
+      if (started && --running === 0 && !settled) wake.abort()
+      // After the win, a loser's failure is no news; after the caller's abort, nothing is.
+      if (!settled && !host.signal?.aborted) {
+        failures.set(entry, error)
+        host.strike(entry, error)
+      }
+      throw error
+    })
+    return { entry, source, promise, started: () => started }
+  })
+  try {
+    const won = await Promise.any(attempts.map((a) => a.promise))
+    for (const a of attempts) {
+      if (a.source === won) continue
+      if (!a.source.signal.aborted) {
+        a.source.close(new LostRaceError(`${a.entry.name} lost the race to ${won.name}`))
+        if (a.started()) host.emit('abort', a.entry.name)
+      } else a.source.close()
+    }
+    return won
+  } catch (error) {
+    for (const a of attempts) a.promise.catch(noop)
+    if (host.signal?.aborted) {
+      for (const a of attempts) if (a.started() && !failures.has(a.entry)) host.emit('abort', a.entry.name)
+      throw host.signal.reason
+    }
+    if (!(error instanceof AggregateError)) throw error
+    const errors = candidates.map((c) => failures.get(c) ?? new NarBackendError(`${c.name} failed`))
+    const mismatch = errors.find((e) => e instanceof NarHashMismatchError)
+    if (mismatch && errors.every((e) => e instanceof NarHashMismatchError || e instanceof NarNotFoundError)) {
+      throw mismatch
+    }
+    if (candidates.length === 0) throw new NarNotFoundError(`no backend left to fetch ${host.hash}`, { errors })
+    const reasons = candidates.map((c, i) => `${c.name}: ${describe(errors[i])}`).join('; ')
+    // "Not here" from every source is a miss; anything else may be an outage of a source that has it.
+    if (errors.every((e) => e instanceof NarNotFoundError)) {
+      throw new NarNotFoundError(`no backend has ${host.hash} (${reasons})`, { errors })
+    }
+    throw new NarUnavailableError(`no backend could deliver ${host.hash} from byte ${offset} (${reasons})`, { errors })
+  }
+}

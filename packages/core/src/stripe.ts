@@ -1,0 +1,378 @@
+import { performance } from 'node:perf_hooks'
+import { NarBackendError, NarHashMismatchError, NarNotFoundError } from './errors.js'
+import type { Entry } from './race.js'
+import { LostRaceError, noop, wrap, type SourceStream } from './source.js'
+import type { NarEventType } from './types.js'
+
+/** A segment is never smaller than this, unless the buffer is: each one costs a request. */
+const MIN_SEGMENT_BYTES = 1 << 20
+/** Nor larger than this, so that a slow source never holds much of the file. */
+const MAX_SEGMENT_BYTES = 8 << 20
+/** Segments per connection over the rest of the file: enough to even out unequal sources. */
+const SEGMENTS_PER_CONNECTION = 4
+/** How often idle connections look for a segment to hedge. */
+const HEDGE_CHECK_MS = 50
+/** A source is compared by its rate only after it has streamed this long. */
+const MIN_RATE_SAMPLE_MS = 50
+
+/** What the stripe needs from the download it runs for. */
+export interface StripeHost {
+  readonly signal: AbortSignal | undefined
+  emit(type: NarEventType, backend: string, error?: unknown): void
+  strike(entry: Entry, error: unknown): void
+  /** Every backend that is not out for good. */
+  live(): Entry[]
+  /** A connection to `entry` for the bytes from `offset` to `end`, not yet connected. */
+  source(entry: Entry, offset: number, end: number): SourceStream
+}
+
+export interface StripeOptions {
+  /** The file's size. */
+  size: number
+  /** Where the consumer is: everything before it was delivered. */
+  position: number
+  maxBufferBytes: number
+  connectionsPerSource: number
+}
+
+/** A received chunk and who sent it. */
+export interface Delivery {
+  chunk: Uint8Array
+  sender: string
+}
+
+/** A byte range handed to one source at a time (two, while hedged). */
+interface Segment {
+  readonly start: number
+  readonly end: number
+  /** Every byte below this has arrived. */
+  received: number
+  /** What arrived and was not delivered yet, in order. */
+  readonly chunks: Delivery[]
+  readonly runners: Set<Runner>
+}
+
+/** One connection of one source, taking one segment after another. */
+interface Runner {
+  readonly entry: Entry
+  source: SourceStream | undefined
+  segment: Segment | undefined
+  /** Bytes this connection received in its past segments and how long they took, for its rate. */
+  bytes: number
+  ms: number
+  /** When its current segment started, and how much of it this runner received since. */
+  since: number
+  segmentBytes: number
+}
+
+/** Thrown by read() when no source can go on: the download falls back to one source at a time. */
+export class StripeStuckError extends Error {
+  constructor(readonly reason: unknown) {
+    super('no source left to stripe over', { cause: reason })
+  }
+}
+
+/**
+ * The striped part of a download: the rest of the file cut into segments, spread over every source that
+ * serves ranges, `connectionsPerSource` at a time. A connection that finishes takes the lowest segment
+ * that fits in the reorder buffer, so each source gets work in proportion to its rate. When none is left,
+ * an idle connection hedges a running segment that a slower source would finish later. A connection that
+ * fails or stalls leaves its segment, with what already arrived, to the others.
+ */
+export class Stripe {
+  private readonly segments: Segment[] = []
+  private front = 0
+  private position: number
+  private readonly runners = new Set<Runner>()
+  private failure: unknown
+  /** The last error of a source, for when none is left. */
+  private lastError: unknown
+  private closed = false
+  /** Wakes read() when the front segment gets bytes, and idle runners when anything changes. */
+  private reader: (() => void) | undefined
+  private idle: (() => void)[] = []
+  private idleTimer: ReturnType<typeof setTimeout> | undefined
+  /** Bytes that arrived and were not delivered: never more than maxBufferBytes. */
+  buffered = 0
+  /** Bytes received that another connection had already delivered: what hedges cost. */
+  duplicated = 0
+
+  constructor(
+    private readonly host: StripeHost,
+    private readonly options: StripeOptions,
+    winner: { entry: Entry; source: SourceStream },
+  ) {
+    const { size, position, maxBufferBytes, connectionsPerSource } = options
+    this.position = position
+    const connections = Math.max(1, host.live().length * connectionsPerSource)
+    const rest = size - position
+    const bytes = Math.max(
+      1,
+      Math.min(
+        Math.max(MIN_SEGMENT_BYTES, Math.ceil(rest / (connections * SEGMENTS_PER_CONNECTION))),
+        MAX_SEGMENT_BYTES,
+        Math.floor(maxBufferBytes / 2),
+      ),
+    )
+    for (let start = position; start < size; start += bytes) {
+      const end = Math.min(size, start + bytes)
+      this.segments.push({ start, end, received: start, chunks: [], runners: new Set() })
+    }
+    // The winner's open stream goes on with the first segment, without a new request.
+    this.spawn(winner.entry, winner.source)
+    for (const entry of host.live()) {
+      const have = entry === winner.entry ? 1 : 0
+      if (entry.ranges === false) continue
+      for (let i = have; i < connectionsPerSource; i++) this.spawn(entry, undefined)
+    }
+  }
+
+  /** The next chunk in order, or undefined at the end of the file. */
+  async read(): Promise<Delivery | undefined> {
+    for (;;) {
+      if (this.failure !== undefined) throw this.failure
+      const segment = this.segments[this.front]
+      if (!segment) return undefined
+      const next = segment.chunks.shift()
+      if (next) {
+        this.position += next.chunk.length
+        this.buffered -= next.chunk.length
+        if (this.position >= segment.end) {
+          this.front++
+          this.notify()
+        }
+        return next
+      }
+      if (this.runners.size === 0) throw new StripeStuckError(this.lastError)
+      await new Promise<void>((resolve) => (this.reader = resolve))
+    }
+  }
+
+  /** Aborts every connection. Safe to call more than once. */
+  close(reason?: unknown): void {
+    if (this.closed) return
+    this.closed = true
+    this.failure ??= reason ?? new LostRaceError('the stripe was closed')
+    for (const runner of this.runners) runner.source?.close(reason ?? new LostRaceError('the consumer stopped reading'))
+    this.segments.length = 0
+    this.buffered = 0
+    this.wakeReader()
+    this.notify()
+  }
+
+  /** Sources that delivered bytes in this stripe and are still running, for `abort` events. */
+  get running(): string[] {
+    return [...new Set([...this.runners].filter((r) => r.source && !r.source.isClosed).map((r) => r.entry.name))]
+  }
+
+  private spawn(entry: Entry, source: SourceStream | undefined): void {
+    const runner: Runner = { entry, source, segment: undefined, bytes: 0, ms: 0, since: 0, segmentBytes: 0 }
+    this.runners.add(runner)
+    void this.run(runner)
+      .catch(noop)
+      .finally(() => {
+        this.runners.delete(runner)
+        runner.source?.close(new LostRaceError(`${entry.name} has no segment left`))
+        this.release(runner)
+        this.notify()
+        this.wakeReader()
+      })
+  }
+
+  /** One connection's life: take a segment, fetch it, until none is left or the source is out. */
+  private async run(runner: Runner): Promise<void> {
+    for (;;) {
+      if (this.closed || runner.entry.dead) return
+      const segment = this.claim(runner)
+      if (segment === 'retire') return
+      if (!segment) {
+        await this.waitIdle()
+        continue
+      }
+      try {
+        await this.fetch(runner, segment)
+      } catch (error) {
+        this.release(runner)
+        runner.source?.close(error)
+        runner.source = undefined
+        if (this.closed || this.host.signal?.aborted) return
+        // Lost to a hedge, or a source that turned out not to serve ranges: no failure of the source.
+        if (error instanceof LostRaceError) continue
+        this.lastError = error
+        this.host.strike(runner.entry, error)
+        if (error instanceof NarHashMismatchError || error instanceof NarNotFoundError) return
+      }
+    }
+  }
+
+  /**
+   * The segment `runner` takes next: the one its open stream reaches next if nobody has it, else the
+   * lowest that nobody has and that fits in the buffer, else a running one to hedge.
+   */
+  private claim(runner: Runner): Segment | 'retire' | undefined {
+    const fits = (s: Segment): boolean => s.end - this.position <= this.options.maxBufferBytes || s === this.segments[this.front]
+    const open = (s: Segment): boolean => s.runners.size === 0 && s.received < s.end
+    if (this.segments.every((s) => s.received >= s.end)) return 'retire'
+    const at = runner.source && !runner.source.isClosed ? runner.source.position : undefined
+    if (at !== undefined) {
+      const next = this.segments.find((s) => s.received === at && s.start <= at && at < s.end)
+      if (next && open(next) && fits(next)) return next
+    }
+    if (runner.entry.ranges === false) {
+      // A source that can't serve a range goes on only where its one stream already is.
+      return at !== undefined && this.segments.some((s) => s.received === at && open(s)) ? undefined : 'retire'
+    }
+    for (let i = this.front; i < this.segments.length; i++) {
+      const s = this.segments[i]!
+      if (open(s)) {
+        if (fits(s)) return s
+        break
+      }
+    }
+    // Nothing to start: the buffer is full behind a slow segment, or every segment is taken.
+    return this.hedgeTarget(runner)
+  }
+
+  /** The lowest running segment whose one runner would finish it later than `runner` could. */
+  private hedgeTarget(runner: Runner): Segment | undefined {
+    const mine = this.rateOf(runner) ?? this.entryRate(runner.entry)
+    if (mine === undefined || mine <= 0) return undefined
+    const now = performance.now()
+    for (let i = this.front; i < this.segments.length; i++) {
+      const s = this.segments[i]!
+      if (s.runners.size !== 1 || s.received >= s.end) continue
+      const [owner] = s.runners
+      if (!owner || owner.entry === runner.entry) continue
+      const elapsed = now - owner.since
+      if (elapsed < MIN_RATE_SAMPLE_MS) continue
+      const theirs = owner.segmentBytes / elapsed
+      const left = s.end - s.received
+      // A new request costs about what the last connect took; assume one rate sample's worth.
+      if (theirs === 0 || left / theirs > MIN_RATE_SAMPLE_MS + left / mine) return s
+    }
+    return undefined
+  }
+
+  /** Bytes per ms over the segments it finished or left, once it has any. */
+  private rateOf(runner: Runner): number | undefined {
+    return runner.bytes > 0 ? runner.bytes / Math.max(1, runner.ms) : undefined
+  }
+
+  private entryRate(entry: Entry): number | undefined {
+    let best: number | undefined
+    for (const r of this.runners) {
+      if (r.entry !== entry) continue
+      const rate = this.rateOf(r)
+      if (rate !== undefined && (best === undefined || rate > best)) best = rate
+    }
+    return best
+  }
+
+  /** Streams `segment` from where it got to, over the runner's open stream or a new one. */
+  private async fetch(runner: Runner, segment: Segment): Promise<void> {
+    runner.segment = segment
+    runner.since = performance.now()
+    runner.segmentBytes = 0
+    segment.runners.add(runner)
+    const from = segment.received
+    let source = runner.source
+    if (source && !source.isClosed && source.position === from && (source.limit === undefined || source.limit >= segment.end)) {
+      // The open stream goes on into this segment; it must stop at its end unless it gets the next one.
+      source.end = segment.end
+    } else {
+      source?.close(new LostRaceError(`${runner.entry.name} moves to byte ${from}`))
+      source = this.host.source(runner.entry, from, segment.end)
+      runner.source = source
+      await source.connect()
+      runner.entry.ranges = source.ranges
+      if (!source.ranges) {
+        // It may have answered from 0, or without end: it streams whole files only.
+        throw new LostRaceError(`${runner.entry.name} does not serve ranges`)
+      }
+    }
+    let at = from
+    while (at < segment.end) {
+      let chunk: Uint8Array | undefined
+      try {
+        chunk = await source.read()
+      } catch (error) {
+        throw wrap(error, runner.entry.name, at)
+      }
+      if (chunk === undefined) {
+        throw new NarBackendError(`${runner.entry.name} ended at byte ${at}, before the end of its segment at ${segment.end}`, {
+          backend: runner.entry.name,
+        })
+      }
+      runner.segmentBytes += chunk.length
+      this.append(segment, runner, at, chunk)
+      at += chunk.length
+      if (segment.received >= segment.end && at < segment.end) {
+        // A hedge finished first: this connection's request is worth nothing more.
+        throw new LostRaceError(`${runner.entry.name} lost segment ${segment.start} to a hedge`)
+      }
+    }
+    this.release(runner)
+    for (const other of segment.runners) {
+      // The hedge lost: its connection stops, and it takes other work.
+      other.source?.close(new LostRaceError(`${other.entry.name} lost segment ${segment.start} to ${runner.entry.name}`))
+    }
+    this.notify()
+  }
+
+  /** Keeps the bytes of `chunk` (at `at`) that are new to the segment. */
+  private append(segment: Segment, runner: Runner, at: number, chunk: Uint8Array): void {
+    const skip = segment.received - at
+    if (skip >= chunk.length) {
+      this.duplicated += chunk.length
+      return
+    }
+    if (skip > 0) {
+      this.duplicated += skip
+      chunk = chunk.subarray(skip)
+    }
+    if (this.closed) return
+    segment.chunks.push({ chunk, sender: runner.entry.name })
+    segment.received += chunk.length
+    this.buffered += chunk.length
+    if (segment === this.segments[this.front]) this.wakeReader()
+  }
+
+  /** Takes a runner off its segment, which goes back to the others with what already arrived. */
+  private release(runner: Runner): void {
+    const segment = runner.segment
+    if (!segment) return
+    segment.runners.delete(runner)
+    runner.segment = undefined
+    // Its rate counts the whole segment, the request included: a hedge costs one too.
+    runner.bytes += runner.segmentBytes
+    runner.ms += performance.now() - runner.since
+    runner.segmentBytes = 0
+    this.notify()
+  }
+
+  private wakeReader(): void {
+    const reader = this.reader
+    this.reader = undefined
+    reader?.()
+  }
+
+  /**
+   * Waits for a change: a segment done or left, the consumer moving on. A slow source gives no such
+   * sign, so idle runners also look again every HEDGE_CHECK_MS for a segment worth hedging.
+   */
+  private waitIdle(): Promise<void> {
+    this.idleTimer ??= setTimeout(() => {
+      this.idleTimer = undefined
+      this.notify()
+    }, HEDGE_CHECK_MS)
+    return new Promise<void>((resolve) => this.idle.push(resolve))
+  }
+
+  private notify(): void {
+    clearTimeout(this.idleTimer)
+    this.idleTimer = undefined
+    const idle = this.idle
+    this.idle = []
+    for (const wake of idle) wake()
+  }
+}

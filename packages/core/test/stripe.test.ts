@@ -1,0 +1,185 @@
+import { setTimeout as delay } from 'node:timers/promises'
+import { describe, expect, it } from 'vitest'
+import { NarHashMismatchError, resolveNar, type NarEvent } from '../src/index.js'
+import { chunked, collect, handles, sample, scripted, split, trackTimers, within, type Scripted } from './backends.js'
+
+/** The byte ranges each backend was asked for, after the first (open-ended) race request. */
+function ranges(backend: Scripted): [number, number | undefined][] {
+  return backend.calls.map((c) => [c.offset, c.end])
+}
+
+/** Checks that the ranged requests never overlap and never ask for nothing. */
+function expectDisjoint(backends: Scripted[], size: number): void {
+  const asked = backends.flatMap((b) => ranges(b)).filter(([, end]) => end !== undefined) as [number, number][]
+  for (const [start, end] of asked) {
+    expect(end).toBeGreaterThan(start)
+    expect(end).toBeLessThanOrEqual(size)
+  }
+}
+
+describe('resolveNar: striping', () => {
+  it('spreads a large file over every source that serves ranges, byte-exact at every boundary', async () => {
+    // 1 MiB + 3 bytes in 64 KiB segments: the last one is short, and none is empty.
+    const { data, hash } = sample((1 << 20) + 3)
+    const backends = ['a', 'b', 'c'].map((name, i) => scripted(name, data, { ranged: true, chunkSize: 4096, chunkDelayMs: i === 0 ? 0 : 1 }))
+    const stream = await resolveNar(hash, {
+      backends,
+      size: data.length,
+      stripeAbove: 0,
+      maxBufferBytes: 128 * 1024,
+    })
+    expect(Buffer.from(await within(10_000, collect(stream))).equals(data)).toBe(true)
+    expect([...stream.sources].sort()).toEqual(['a', 'b', 'c'])
+    expectDisjoint(backends, data.length)
+    for (const b of backends) expect(b.calls.slice(1).every((c) => c.end !== undefined)).toBe(true)
+  })
+
+  it('cuts exact multiples of the segment size without an empty tail, and odd sizes without a lost byte', async () => {
+    for (const size of [256 * 1024, 256 * 1024 + 1, 256 * 1024 - 1, 65_537]) {
+      const { data, hash } = sample(size)
+      const backends = ['a', 'b'].map((name) => scripted(name, data, { ranged: true, chunkSize: 1000 }))
+      const stream = await resolveNar(hash, { backends, size, stripeAbove: 0, maxBufferBytes: 64 * 1024 })
+      expect(Buffer.from(await within(10_000, collect(stream))).equals(data)).toBe(true)
+      expectDisjoint(backends, size)
+      // Nothing fetched twice: what the backends yielded is the file, give or take the race's loser.
+      const ends = backends.flatMap((b) => b.calls.map((c) => c.end)).filter((e) => e !== undefined)
+      expect(new Set(ends).size).toBe(ends.length)
+    }
+  })
+
+  it('stays off with one source, with a small file, and with sources that do not serve ranges', async () => {
+    const { data, hash } = sample(512 * 1024)
+    const one = scripted('one', data, { ranged: true })
+    await collect(await resolveNar(hash, { backends: [one], size: data.length, stripeAbove: 0 }))
+    expect(one.calls).toHaveLength(1)
+
+    const small = [scripted('a', data, { ranged: true }), scripted('b', data, { ranged: true, latencyMs: 20 })]
+    await collect(await resolveNar(hash, { backends: small, size: data.length }))
+    expect(small.map((b) => b.calls.length)).toEqual([1, 1])
+
+    // A backend that says nothing of ranges is asked at most once for one, then used whole as before.
+    const plain = [scripted('a', data, { chunkDelayMs: 1 }), scripted('b', data, { latencyMs: 20 })]
+    const stream = await resolveNar(hash, { backends: plain, size: data.length, stripeAbove: 0, maxBufferBytes: 64 * 1024 })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    expect(stream.sources).toEqual(['a'])
+    expect(plain[1]!.calls.length).toBeLessThanOrEqual(2)
+  })
+
+  it('hands the segments of a source that fails to the others, fetching nothing twice', async () => {
+    const { data, hash } = sample(1 << 20)
+    const dies = scripted('dies', data, { ranged: true, chunkSize: 4096, failAt: 300_000 })
+    const good = scripted('good', data, { ranged: true, chunkSize: 4096, chunkDelayMs: 1 })
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [dies, good],
+      size: data.length,
+      stripeAbove: 0,
+      maxBufferBytes: 256 * 1024,
+      onEvent: (e) => events.push(e),
+    })
+    expect(Buffer.from(await within(10_000, collect(stream))).equals(data)).toBe(true)
+    expect(events.some((e) => e.type === 'fail' && e.backend === 'dies')).toBe(true)
+    // The race's loser may have sent a chunk before it was aborted; beyond that, each byte came once.
+    expect(dies.yielded + good.yielded).toBeLessThanOrEqual(data.length + 2 * 4096)
+  })
+
+  it('never lets the buffer grow past maxBufferBytes while the consumer does not read', async () => {
+    const { data, hash } = sample(2 << 20)
+    const backends = ['a', 'b', 'c'].map((name) => scripted(name, data, { ranged: true, chunkSize: 8192 }))
+    const max = 256 * 1024
+    const stream = await resolveNar(hash, { backends, size: data.length, stripeAbove: 0, maxBufferBytes: max })
+    const iterator = stream[Symbol.asyncIterator]()
+    const first = await iterator.next()
+    await delay(300)
+    const yielded = backends.reduce((sum, b) => sum + b.yielded, 0)
+    // What arrived and was not read, plus at most a chunk per loser of the race, fits in the buffer.
+    expect(yielded - (first.value as Uint8Array).length).toBeLessThanOrEqual(max + 3 * 8192)
+    const rest = await within(10_000, collect({ [Symbol.asyncIterator]: () => iterator }))
+    expect(Buffer.concat([first.value as Uint8Array, rest]).equals(data)).toBe(true)
+  })
+
+  it('leaves no socket, timer or body behind when aborted mid-stripe', async () => {
+    using timers = trackTimers()
+    const before = handles()
+    const { data, hash } = sample(2 << 20)
+    const backends = ['a', 'b'].map((name) => scripted(name, data, { ranged: true, chunkSize: 8192, chunkDelayMs: 1 }))
+    const controller = new AbortController()
+    const stream = await resolveNar(hash, {
+      backends,
+      size: data.length,
+      stripeAbove: 0,
+      maxBufferBytes: 512 * 1024,
+      signal: controller.signal,
+      stallTimeoutMs: 5000,
+    })
+    const reason = new Error('caller left')
+    const read = (async () => {
+      for await (const _ of stream) if (stream.bytesRead > 300_000) controller.abort(reason)
+    })()
+    await expect(read).rejects.toBe(reason)
+    await delay(30)
+    for (const b of backends) for (const c of b.calls) expect(c.signal.aborted || b.closed >= 0).toBe(true)
+    const open = backends.flatMap((b) => b.calls).filter((c) => !c.signal.aborted)
+    // Only bodies that ended on their own may keep an unaborted signal.
+    expect(open.every((c) => c.end !== undefined)).toBe(true)
+    expect(timers.live()).toBe(0)
+    expect(handles()).toBe(before)
+  })
+
+  it('blames the one lying mirror among three, strikes it, and delivers the right bytes', async () => {
+    const { data, hash } = sample(1 << 20)
+    // The liar wins the race, so the bad byte in the first segment surely comes from it.
+    const liar = scripted('liar', data, { ranged: true, chunkSize: 4096, corruptAt: 10 })
+    const honest = ['a', 'b'].map((name) => scripted(name, data, { ranged: true, chunkSize: 4096, latencyMs: 20 }))
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [honest[0]!, liar, honest[1]!],
+      size: data.length,
+      stripeAbove: 0,
+      maxBufferBytes: 128 * 1024,
+      verifyFirstBelow: data.length,
+      onEvent: (e) => events.push(e),
+    })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    const blamed = events.filter((e) => e.type === 'fail' && e.error instanceof NarHashMismatchError)
+    expect(blamed.map((e) => e.backend)).toEqual(['liar'])
+    expect((blamed[0]!.error as NarHashMismatchError).sources).toEqual(['liar'])
+    expect(events.some((e) => e.type === 'restart')).toBe(true)
+  })
+
+  it('names only the liar when a streamed striped copy fails', async () => {
+    const { data, hash } = sample(1 << 20)
+    const liar = scripted('liar', data, { ranged: true, chunkSize: 4096, corruptAt: 10 })
+    const honest = ['a', 'b'].map((name) => scripted(name, data, { ranged: true, chunkSize: 4096, latencyMs: 20 }))
+    const stream = await resolveNar(hash, {
+      backends: [honest[0]!, liar, honest[1]!],
+      size: data.length,
+      stripeAbove: 0,
+      maxBufferBytes: 128 * 1024,
+    })
+    const error = await collect(stream).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarHashMismatchError)
+    expect((error as NarHashMismatchError).sources).toEqual(['liar'])
+    expect(stream.winner).toBe('liar')
+  })
+
+  it('hedges the segment that holds up the front when its source is much slower', async () => {
+    const { data, hash } = sample(1 << 20)
+    const slow = chunked('slow', split(data, 4096), { chunkMs: 40 })
+    const fast = scripted('fast', data, { ranged: true, chunkSize: 16 * 1024, latencyMs: 60 })
+    // `slow` wins the race but serves no ranges: fast takes the rest, and hedges what slow holds.
+    const started = Date.now()
+    const stream = await resolveNar(hash, {
+      backends: [slow, fast],
+      size: data.length,
+      stripeAbove: 0,
+      maxBufferBytes: 256 * 1024,
+    })
+    expect(Buffer.from(await within(10_000, collect(stream))).equals(data)).toBe(true)
+    // At 4 KiB per 40 ms alone, slow would take over 10 s.
+    expect(Date.now() - started).toBeLessThan(5000)
+    expect(stream.sources).toContain('fast')
+    // The hedge asked for the rest of the first segment from where slow had got to, not for all of it.
+    expect(fast.calls.some((c) => c.offset > 0 && c.offset < 128 * 1024 && c.end === 128 * 1024)).toBe(true)
+  })
+})
