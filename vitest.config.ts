@@ -11,6 +11,7 @@ const packages: Record<string, string> = {
   '@narrace/http': 'packages/http/src/index.ts',
   '@narrace/ipfs': 'packages/ipfs/src/index.ts',
   '@narrace/torrent': 'packages/torrent/src/index.ts',
+  '@narrace/store': 'packages/store/src/index.ts',
 }
 
 export default defineConfig({
