@@ -1,7 +1,9 @@
+import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { parseNarHash } from '@narrace/core'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { prefetchCommand, type CommandIO, type PrefetchOptions } from '../packages/cli/src/index.js'
 import { runCli, startCli } from '../packages/cli/test/support/run-cli.js'
@@ -163,6 +165,34 @@ describe('narrace prefetch: closures into a file:// cache', () => {
       expect(run.stdout).toMatch(/20 paths: 19 fetched, 0 already present, 1 missing, 0 failed/)
       const narinfos = (await readdir(out)).filter((n) => n.endsWith('.narinfo'))
       expect(narinfos.sort()).toEqual(closure.filter((p) => p !== lost).map((p) => `${p.hashPart}.narinfo`).sort())
+    } finally {
+      await upstream.close()
+    }
+  })
+
+  it('refuses a narinfo whose URL climbs out of nar/ (URL: nar/../nix-cache-info) and writes nothing for it', async () => {
+    // The URL is not signed, so a cache (or anyone on its path) can point it anywhere and set FileHash to match.
+    const evil = join(work, 'evil-cache')
+    await cp(fixtures.cacheDir, evil, { recursive: true })
+    const chosen = 'StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 1\n'
+    await writeFile(join(evil, 'nix-cache-info'), chosen)
+    const leaf = fixtures.path('closure-leaf-05')
+    const digest = createHash('sha256').update(chosen).digest('hex')
+    const text = fixtures
+      .narinfoText(leaf.name)
+      .replace(/^URL: .*$/m, 'URL: nar/../nix-cache-info')
+      .replace(/^FileHash: .*$/m, `FileHash: ${parseNarHash(`sha256:${digest}`).toString()}`)
+      .replace(/^FileSize: .*$/m, `FileSize: ${Buffer.byteLength(chosen)}`)
+    await writeFile(join(evil, `${leaf.hashPart}.narinfo`), text)
+    const upstream = await startCacheServer({ root: evil })
+    try {
+      const run = await runCli(['prefetch', leaf.storePath, '--cache', upstream.url, '-o', out, '--trusted-public-key', fixtures.publicKey])
+      expect(run.code).toBe(1)
+      expect(run.stdout).toMatch(/^failed +\/nix\/store\/\S+: narinfo URL "nar\/\.\.\/nix-cache-info" has a dot segment/m)
+      expect(await readFile(join(out, 'nix-cache-info'), 'utf8')).toBe('StoreDir: /nix/store\n')
+      expect((await readdir(out)).filter((n) => n.endsWith('.narinfo'))).toEqual([])
+      expect(await readdir(join(out, 'nar'))).toEqual([])
+      expect(upstream.requests.filter((r) => !r.path.endsWith('.narinfo'))).toEqual([])
     } finally {
       await upstream.close()
     }

@@ -12,6 +12,7 @@ export {
   type PrefetchOptions,
   type PrefetchSummary,
 } from './prefetch.js'
+export { parsePinArgs, pinCommand, type PinOptions, type PinSummary } from './pin.js'
 export { Progress, type ProgressOutput } from './progress.js'
 export {
   parsePublishArgs,

@@ -3,6 +3,7 @@ import { UsageError } from './args.js'
 import { describe, fetchCommand, parseFetchArgs } from './fetch.js'
 import { indexCommand } from './index-command.js'
 import type { CommandIO } from './io.js'
+import { parsePinArgs, pinCommand } from './pin.js'
 import { parsePrefetchArgs, prefetchCommand } from './prefetch.js'
 import { parsePublishArgs, publishCommand } from './publish.js'
 
@@ -28,6 +29,11 @@ export const USAGE = `usage: narrace <command> [options]
       Add every NAR of a binary cache to IPFS and/or seed it as a torrent, recording the mappings.
       An HTTP cache has no listing: name store paths or --list FILE, and their closures are published.
       With --torrent it keeps seeding until Ctrl-C; --no-seed exits once the mappings are written.
+
+  pin <store-path|hash ...|--list FILE> --store DIR [--unpin] [--cache URL ... [--trusted-public-key K ...]]
+      Pin whole closures in a store folder (the proxy's --store): their NARs are never evicted.
+      The closure is read from the store's narinfo, or from --cache URLs to pin before the NARs arrive.
+      One process owns a store: stop the proxy that uses DIR first.
 
   index import FILE [--index PATH]      Import NDJSON mappings (- for stdin); prints added/updated/rejected.
   index export [FILE] [--index PATH]    Write every mapping as NDJSON to FILE, or to stdout.
@@ -57,6 +63,10 @@ export async function run(argv: string[], io: CommandIO): Promise<number> {
       case 'publish': {
         const summary = await publishCommand(parsePublishArgs(args), io)
         return summary.failed.length > 0 ? EXIT_FAILED : EXIT_OK
+      }
+      case 'pin': {
+        const summary = await pinCommand(parsePinArgs(args), io)
+        return summary.missing.length > 0 ? EXIT_FAILED : EXIT_OK
       }
       case 'index':
         return await indexCommand(args, io)

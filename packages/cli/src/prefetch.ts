@@ -1,12 +1,12 @@
-import { rename, rm, writeFile } from 'node:fs/promises'
-import { dirname, join, resolve as resolvePath } from 'node:path'
+import { resolve as resolvePath } from 'node:path'
 import { performance } from 'node:perf_hooks'
-import { resolveNarToFile, type NarEvent } from '@narrace/core'
+import { resolveNar, type NarEvent } from '@narrace/core'
 import { walkClosure } from '@narrace/http'
-import { NIX_STORE_DIR, type NarInfo } from '@narrace/narinfo'
+import type { NarInfo } from '@narrace/narinfo'
+import { narInfoFile, openStore } from '@narrace/store'
 import { httpUrl, parse, positiveInteger, trackerUrl, UsageError } from './args.js'
 import { describe } from './fetch.js'
-import { cacheFile, isVerifiedFile, makeDirectory, narFileHash, removePartials } from './files.js'
+import { isVerifiedFile } from './files.js'
 import { formatBytes, formatMs, formatPercent, formatRate, formatTable } from './format.js'
 import { defaultIndexPath } from './index-command.js'
 import type { CommandIO } from './io.js'
@@ -88,21 +88,26 @@ export async function prefetchCommand(options: PrefetchOptions, io: CommandIO): 
   }
   const indexPath = options.indexPath ?? (options.publish ? defaultIndexPath() : undefined)
   const dir = resolvePath(options.output)
-  await makeDirectory(join(dir, 'nar'))
-  await removePartials(join(dir, 'nar'))
-  await writeAtomically(join(dir, 'nix-cache-info'), `StoreDir: ${NIX_STORE_DIR}\n`)
+  // The folder is a store with no budget: its layout, verified entry, leftovers of a kill removed, one owner.
+  const store = await openStore(dir, { maxBytes: Number.MAX_SAFE_INTEGER, ...(signal ? { signal } : {}) })
 
-  const sources = await openSources(
-    {
-      http: options.caches,
-      ...(options.ipfsApi !== undefined ? { ipfsApi: options.ipfsApi } : {}),
-      // --publish records mappings, by default where `narrace index export` reads them.
-      ...(indexPath !== undefined ? { indexPath } : {}),
-      torrent: options.torrent === true,
-      announce: options.announce ?? [],
-    },
-    signal,
-  )
+  let sources: Awaited<ReturnType<typeof openSources>>
+  try {
+    sources = await openSources(
+      {
+        http: options.caches,
+        ...(options.ipfsApi !== undefined ? { ipfsApi: options.ipfsApi } : {}),
+        // --publish records mappings, by default where `narrace index export` reads them.
+        ...(indexPath !== undefined ? { indexPath } : {}),
+        torrent: options.torrent === true,
+        announce: options.announce ?? [],
+      },
+      signal,
+    )
+  } catch (error) {
+    await store.close()
+    throw error
+  }
   const progress = new Progress(io.stderr)
   progress.paths = 0
   progress.pathsTotal = 0
@@ -141,16 +146,18 @@ export async function prefetchCommand(options: PrefetchOptions, io: CommandIO): 
       const size = narInfo.fileSize ?? 0
       const t = performance.now()
       try {
-        const hash = narFileHash(narInfo)
-        const narPath = cacheFile(dir, narInfo.url)
+        // Refuses a URL that climbs (`nar/../nix-cache-info`) before anything is fetched or written.
+        const file = narInfoFile(narInfo)
+        const hash = file.fileHash
+        let entry = store.get(hash)
         let result: PathResult
-        if (await isVerifiedFile(narPath, hash, narInfo.fileSize, signal)) {
+        if (entry && (await isVerifiedFile(entry.path, hash, narInfo.fileSize, signal))) {
           result = { storePath, status: 'present', size }
           progress.total = (progress.total ?? 0) - size
         } else {
-          await makeDirectory(dirname(narPath))
+          if (entry) await store.remove(hash)
           let winner = ''
-          const fetched = await resolveNarToFile(hash, narPath, {
+          const stream = await resolveNar(hash, {
             backends,
             ...(narInfo.fileSize !== undefined ? { size: narInfo.fileSize } : {}),
             url: narInfo.url,
@@ -160,19 +167,25 @@ export async function prefetchCommand(options: PrefetchOptions, io: CommandIO): 
               if (event.type === 'failover') progress.log(`${storePath}: failed over to ${event.backend} at byte ${event.bytes}`)
             },
           })
-          winner = fetched.winner || winner
-          summary.bytes += fetched.size
+          entry = await store.add(hash, stream, {
+            ...(narInfo.fileSize !== undefined ? { size: narInfo.fileSize } : {}),
+            compression: narInfo.compression,
+            ...(signal ? { signal } : {}),
+          })
+          winner = stream.winner || winner
+          summary.bytes += entry.size
           summary.wins.set(winner, (summary.wins.get(winner) ?? 0) + 1)
-          result = { storePath, status: 'fetched', size: fetched.size, winner, ms: performance.now() - t }
-          progress.log(`fetched ${storePath} ${formatBytes(fetched.size)} from ${winner} in ${formatMs(result.ms!)}`)
+          result = { storePath, status: 'fetched', size: entry.size, winner, ms: performance.now() - t }
+          progress.log(`fetched ${storePath} ${formatBytes(entry.size)} from ${winner} in ${formatMs(result.ms!)}`)
         }
         // The narinfo goes in after its NAR, as Nix writes a cache: a narinfo always means a complete NAR.
-        // It is the cache's own text, so that its signatures and any field narrace does not know stay as they were.
-        await writeAtomically(join(dir, `${hashPart(storePath)}.narinfo`), text)
+        // It is the cache's own text, so that its signatures and any field narrace does not know stay as
+        // they were; only its URL names the file as Nix would.
+        await store.addNarInfo(text, signal ? { signal } : {})
         if (publisher) {
           try {
             await publisher.publish(
-              { path: narPath, hash, size: result.size, storePath, url: narInfo.url },
+              { path: entry.path, hash, size: result.size, storePath, url: file.url },
               { verified: true, ...(signal ? { signal } : {}) },
             )
           } catch (error) {
@@ -228,6 +241,7 @@ export async function prefetchCommand(options: PrefetchOptions, io: CommandIO): 
     progress.stop()
     await publisher?.close()
     await sources.close()
+    await store.close()
   }
 }
 
@@ -252,22 +266,6 @@ export function formatSummary(summary: PrefetchSummary): string {
     ...summary.failed.map((p) => `failed  ${p.storePath}: ${p.error ?? ''}\n`),
   ]
   return (rows.length > 0 ? formatTable(['backend', 'NARs won', 'bytes', 'share'], rows) : '') + totals + problems.join('')
-}
-
-function hashPart(storePath: string): string {
-  return storePath.slice(storePath.lastIndexOf('/') + 1, storePath.lastIndexOf('/') + 33)
-}
-
-/** Writes through a temporary file and a rename, so that a reader never sees half a narinfo. */
-async function writeAtomically(path: string, text: string): Promise<void> {
-  const temp = `${path}.${process.pid}.tmp`
-  try {
-    await writeFile(temp, text)
-    await rename(temp, path)
-  } catch (error) {
-    await rm(temp, { force: true })
-    throw error
-  }
 }
 
 /** Parses `narrace prefetch` arguments. */

@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseNarHash } from '@narrace/core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { cacheFile, hashFile, isVerifiedFile, makeDirectory, removePartials } from '../src/files.js'
+import { cacheFile, hashFile, isVerifiedFile, makeDirectory } from '../src/files.js'
 
 describe('files', () => {
   let dir: string
@@ -31,13 +31,6 @@ describe('files', () => {
     expect(await isVerifiedFile(path, hash, 5)).toBe(true)
     expect(await isVerifiedFile(path, hash, 6)).toBe(false)
     expect(await isVerifiedFile(join(dir, 'absent'), hash, 5)).toBe(false)
-  })
-
-  it('removes only the partial files a killed download left', async () => {
-    await writeFile(join(dir, '.x.nar.xz.0123456789ab.partial'), '')
-    await writeFile(join(dir, 'keep.nar.xz'), '')
-    expect(await removePartials(dir)).toBe(1)
-    expect((await readdir(dir)).sort()).toEqual(['f', 'keep.nar.xz'])
   })
 
   it('makes a folder and its parents, and takes one that is there', async () => {

@@ -8,10 +8,10 @@ export {
   NarStore,
   openStore,
   STATE_DIR,
-  writeAtomically,
   type OpenStoreOptions,
   type StoreEntry,
   type StoreEvent,
   type StoreWriterOptions,
 } from './store.js'
 export { StoreWriter } from './writer.js'
+export { makeDirectory, writeAtomically } from './fs.js'

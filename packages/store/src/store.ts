@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto'
-import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises'
+import { open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { NarNotFoundError, parseNarHash, type NarHash } from '@narrace/core'
 import { NIX_STORE_DIR, parseCacheInfo, parseNarInfo, type NarInfo } from '@narrace/narinfo'
 import { StoreFullError } from './errors.js'
 import { narFileName, narInfoFile, parseNarFileName, withNarUrl } from './layout.js'
+import { makeDirectory, syncDir, writeAtomically } from './fs.js'
 import { StoreState } from './state.js'
 import { StoreWriter } from './writer.js'
 
@@ -426,8 +427,8 @@ export class NarStore {
       for (const hashPart of knownNarInfos.keys()) if (!this.narInfos.has(hashPart)) this.state.deleteNarInfo(hashPart)
       for (const [hashPart, row] of this.narInfos) this.state.putNarInfo({ hash_part: hashPart, file_hash: row.fileHash, bytes: row.bytes })
     })
-    // A budget lowered since the last run takes effect now.
-    await this.serial(() => this.makeRoom(0))
+    // A budget lowered since the last run takes effect now, as far as the pins let it.
+    await this.serial(() => this.makeRoom(0, undefined, true))
   }
 
   private entry(fileHash: string, record: NarRecord): StoreEntry {
@@ -490,16 +491,16 @@ export class NarStore {
   }
 
   /**
-   * Evicts least recently used, unpinned NARs (never `keep`) until `bytes` more fit within `maxBytes`.
-   * Runs inside `serial`.
+   * Evicts least recently used, unpinned NARs (never `keep`) until `bytes` more fit within `maxBytes`;
+   * throws StoreFullError, evicting nothing, when they can't (unless `bestEffort`). Runs inside `serial`.
    */
-  private async makeRoom(bytes: number, keep?: string): Promise<void> {
+  private async makeRoom(bytes: number, keep?: string, bestEffort = false): Promise<void> {
     this.bookkeepingBytes = await bookkeepingSize(join(this.dir, STATE_DIR))
     if (this.usedBytes + bytes <= this.maxBytes) return
     const candidates = [...this.nars.keys()].filter((fileHash) => !this.pinned.has(fileHash) && fileHash !== keep)
     let freeable = 0
     for (const fileHash of candidates) freeable += this.nars.get(fileHash)!.size + this.narInfoBytes(fileHash)
-    if (this.usedBytes + bytes - freeable > this.maxBytes) {
+    if (!bestEffort && this.usedBytes + bytes - freeable > this.maxBytes) {
       throw new StoreFullError(
         `${bytes} bytes don't fit in store ${this.dir}: ${this.usedBytes} of ${this.maxBytes} bytes used, ${freeable} of them evictable`,
         { size: bytes, maxBytes: this.maxBytes },
@@ -553,8 +554,8 @@ export async function openStore(dir: string, options: OpenStoreOptions = {}): Pr
   const maxBytes = options.maxBytes ?? DEFAULT_STORE_MAX_BYTES
   if (!Number.isSafeInteger(maxBytes) || maxBytes <= 0) throw new RangeError(`maxBytes ${maxBytes} is not a positive byte count`)
   options.signal?.throwIfAborted()
-  await mkdir(join(dir, 'nar'), { recursive: true })
-  await mkdir(join(dir, STATE_DIR), { recursive: true })
+  await makeDirectory(join(dir, 'nar'))
+  await makeDirectory(join(dir, STATE_DIR))
   const state = new StoreState(join(dir, STATE_DIR, STATE_FILE), dir)
   const store = new NarStore(dir, state, { maxBytes, touchFlushMs: options.touchFlushMs ?? DEFAULT_TOUCH_FLUSH_MS })
   try {
@@ -609,37 +610,4 @@ async function bookkeepingSize(dir: string): Promise<number> {
     bytes += (await stat(join(dir, name)).catch(() => undefined))?.size ?? 0
   }
   return bytes
-}
-
-/** Writes through a temporary file, an fsync and a rename: a reader never sees half a file. */
-export async function writeAtomically(path: string, text: string): Promise<void> {
-  const slash = path.lastIndexOf('/')
-  const temp = `${path.slice(0, slash + 1)}.${path.slice(slash + 1)}.${randomBytes(6).toString('hex')}.partial`
-  try {
-    const handle = await open(temp, 'wx', 0o644)
-    try {
-      await handle.writeFile(text)
-      await handle.sync()
-    } finally {
-      await handle.close()
-    }
-    await rename(temp, path)
-  } catch (error) {
-    await rm(temp, { force: true })
-    throw error
-  }
-}
-
-/** Makes a rename durable. Some file systems refuse to fsync a directory, which is harmless. */
-async function syncDir(dir: string): Promise<void> {
-  try {
-    const handle = await open(dir, 'r')
-    try {
-      await handle.sync()
-    } finally {
-      await handle.close()
-    }
-  } catch {
-    // best effort: the data itself was synced
-  }
 }
