@@ -1,6 +1,6 @@
 export { storeBackend, type StoreBackendOptions } from './backend.js'
 export { InvalidNarUrlError, StoreFullError, StoreLockedError } from './errors.js'
-export { checkNarInfoUrl, narFileName, narInfoFile, narUrl, parseNarFileName, withNarUrl, type NarInfoFile } from './layout.js'
+export { checkNarInfoUrl, narInfoFile, parseNarFileName, type NarInfoFile } from './layout.js'
 export {
   BOOKKEEPING_SLACK_BYTES,
   DEFAULT_STORE_MAX_BYTES,

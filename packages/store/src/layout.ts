@@ -1,35 +1,9 @@
 import { InvalidNarInfoError, parseNarHash, type NarHash } from '@narrace/core'
-import { isStoreHashPart, type NarInfo } from '@narrace/narinfo'
+import { impliedFile, isStoreHashPart, narFileName, type NarInfo } from '@narrace/narinfo'
 import { InvalidNarUrlError } from './errors.js'
-
-/**
- * The extension Nix's binary-cache store gives a NAR file for each compression
- * (`BinaryCacheStore::addToStoreCommon`); any other compression gets a bare `.nar`.
- */
-const EXTENSIONS: Readonly<Record<string, string>> = {
-  xz: '.xz',
-  bzip2: '.bz2',
-  zstd: '.zst',
-  lzip: '.lzip',
-  lz4: '.lz4',
-  br: '.br',
-}
 
 /** A NAR file name as Nix writes it: the FileHash in nix32, `.nar`, and one of its extensions. */
 const NAR_NAME = /^([0-9abcdfghijklmnpqrsvwxyz]{52})\.nar(\.xz|\.bz2|\.zst|\.lzip|\.lz4|\.br)?$/
-
-/** The file name Nix gives the NAR with this FileHash and compression: `<nix32>.nar.xz`. */
-export function narFileName(hash: NarHash, compression: string): string {
-  if (!/^[a-z0-9-]{1,32}$/.test(compression)) {
-    throw new InvalidNarInfoError(`'${compression}' is not a compression name`)
-  }
-  return `${hash.nix32}.nar${EXTENSIONS[compression] ?? ''}`
-}
-
-/** `nar/<nix32>.nar<ext>`: the narinfo URL of a NAR in a folder narrace writes. */
-export function narUrl(hash: NarHash, compression: string): string {
-  return `nar/${narFileName(hash, compression)}`
-}
 
 /**
  * The FileHash a NAR file name stands for, when the name is one Nix writes; `undefined` for any other
@@ -77,23 +51,10 @@ export interface NarInfoFile {
  */
 export function narInfoFile(narInfo: NarInfo): NarInfoFile {
   checkNarInfoUrl(narInfo.url)
-  if (!narInfo.fileHash) {
-    throw new InvalidNarInfoError(`the narinfo of ${narInfo.storePath} has no FileHash to verify its NAR by`)
-  }
-  const fileHash = parseNarHash(narInfo.fileHash)
+  // `Compression: none` implies the FileHash: the file is the NAR itself.
+  const fileHash = impliedFile(narInfo)?.fileHash
+  if (!fileHash) throw new InvalidNarInfoError(`the narinfo of ${narInfo.storePath} has no FileHash to verify its NAR by`)
   const hashPart = narInfo.storePath.slice(narInfo.storePath.lastIndexOf('/') + 1, narInfo.storePath.lastIndexOf('/') + 33)
   if (!isStoreHashPart(hashPart)) throw new InvalidNarInfoError(`'${narInfo.storePath}' has no store hash part`)
-  return { hashPart, fileHash, url: narUrl(fileHash, narInfo.compression) }
-}
-
-/**
- * The narinfo text with its URL line replaced. The URL is not part of the signed fingerprint, so the
- * signatures still hold; every other line stays byte for byte.
- */
-export function withNarUrl(text: string, url: string): string {
-  const lines = text.split('\n')
-  const at = lines.findIndex((line) => line.startsWith('URL:'))
-  if (at === -1) throw new InvalidNarInfoError('narinfo has no URL line')
-  lines[at] = `URL: ${url}`
-  return lines.join('\n')
+  return { hashPart, fileHash, url: narFileName(fileHash, narInfo.compression) }
 }

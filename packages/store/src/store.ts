@@ -2,9 +2,9 @@ import { randomBytes } from 'node:crypto'
 import { open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { NarNotFoundError, parseNarHash, type NarHash } from '@narrace/core'
-import { NIX_STORE_DIR, parseCacheInfo, parseNarInfo, type NarInfo } from '@narrace/narinfo'
+import { narFileName, NIX_STORE_DIR, parseCacheInfo, parseNarInfo, rewriteNarInfo, type NarInfo } from '@narrace/narinfo'
 import { StoreFullError } from './errors.js'
-import { narFileName, narInfoFile, parseNarFileName, withNarUrl } from './layout.js'
+import { narInfoFile, parseNarFileName } from './layout.js'
 import { makeDirectory, syncDir, writeAtomically } from './fs.js'
 import { StoreState } from './state.js'
 import { StoreWriter } from './writer.js'
@@ -195,7 +195,7 @@ export class NarStore {
     if (!record || `nar/${record.name}` !== file.url) {
       throw new NarNotFoundError(`the NAR of ${narInfo.storePath} (${fileHash}) is not in store ${this.dir}`)
     }
-    const body = withNarUrl(text, file.url)
+    const body = rewriteNarInfo(text, file.url).text
     const bytes = Buffer.byteLength(body)
     await this.serial(async () => {
       options.signal?.throwIfAborted()
@@ -219,7 +219,7 @@ export class NarStore {
   async writer(hash: NarHash | string, options: StoreWriterOptions = {}): Promise<StoreWriter> {
     if (this.closed) throw new Error(`store ${this.dir} is closed`)
     const fileHash = typeof hash === 'string' ? parseNarHash(hash) : hash
-    const name = narFileName(fileHash, options.compression ?? 'xz')
+    const name = narFileName(fileHash, options.compression ?? 'xz').slice('nar/'.length)
     const size = options.size
     if (size !== undefined && (!Number.isSafeInteger(size) || size < 0)) throw new RangeError(`size ${size} is not a byte count`)
     let reservation = 0
