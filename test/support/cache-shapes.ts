@@ -126,14 +126,19 @@ function shapeNarInfo(shape: CacheShape, text: string, hashPart: string, cacheUr
 
 /**
  * Every file of the fixture paths in `shape`, keyed by the request target relative to the cache
- * (`nar/…?query`). `cacheUrl` is where the cache is served, for the absolute shape.
+ * (`nar/…?query`). `cacheUrl` is where the cache is served, for the absolute shape; `only` names the
+ * fixture paths it holds (of SHAPED_PATHS).
  */
-export function shapedFiles(shape: CacheShape, cacheUrl: string): Map<string, ShapedFile> {
+export function shapedFiles(
+  shape: CacheShape,
+  cacheUrl: string,
+  only: readonly string[] = SHAPED_PATHS,
+): Map<string, ShapedFile> {
   const compression = SOURCE[shape]
   const dir = compression === 'xz' ? fixtures.cacheDir : fixtures.compressedCacheDir(compression)
   const files = new Map<string, ShapedFile>()
   files.set('nix-cache-info', { body: readFileSync(join(dir, 'nix-cache-info')), type: 'text/x-nix-cache-info' })
-  const wanted = new Set(SHAPED_PATHS.map((name) => fixtures.path(name).hashPart))
+  const wanted = new Set(only.map((name) => fixtures.path(name).hashPart))
   for (const entry of readdirSync(dir)) {
     const hashPart = entry.replace(/\.narinfo$/, '')
     if (!entry.endsWith('.narinfo') || !wanted.has(hashPart)) continue

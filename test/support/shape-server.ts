@@ -15,6 +15,8 @@ export interface ShapeRequest {
 export interface ShapeServerOptions {
   /** The cache layout to serve; none serves only `extra`. */
   shape?: CacheShape
+  /** The fixture paths it holds. @default SHAPED_PATHS */
+  only?: readonly string[]
   /** More files, by target relative to the cache (`log/<drv>`, `<hashpart>.ls`), with their headers. */
   extra?: Record<string, ShapedFile & { headers?: Record<string, string> }>
   /** A path prefix, such as `/cache/`. @default '/' */
@@ -29,6 +31,10 @@ export interface ShapeServer {
   requests: ShapeRequest[]
   /** The targets the server has files for. */
   readonly targets: string[]
+  /** The file served at `target` (with its headers), or undefined. */
+  file(target: string): (ShapedFile & { headers?: Record<string, string> }) | undefined
+  /** Serves `file` at `target` from now on; undefined removes it. */
+  setFile(target: string, file: (ShapedFile & { headers?: Record<string, string> }) | undefined): void
   close(): Promise<void>
 }
 
@@ -85,7 +91,7 @@ export async function startShapeServer(options: ShapeServerOptions): Promise<Sha
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}${prefix}`
-  if (options.shape) for (const [target, file] of shapedFiles(options.shape, url)) files.set(target, file)
+  if (options.shape) for (const [target, file] of shapedFiles(options.shape, url, options.only)) files.set(target, file)
   for (const [target, file] of Object.entries(options.extra ?? {})) files.set(target, file)
 
   return {
@@ -93,6 +99,11 @@ export async function startShapeServer(options: ShapeServerOptions): Promise<Sha
     requests,
     get targets() {
       return [...files.keys()]
+    },
+    file: (target) => files.get(target),
+    setFile(target, file) {
+      if (file) files.set(target, file)
+      else files.delete(target)
     },
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()))
