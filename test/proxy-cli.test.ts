@@ -1,8 +1,6 @@
 /** The built proxy command, `node examples/proxy/dist/main.js`, as a user runs it. */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { once } from 'node:events'
-import { existsSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -13,10 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { get, raw } from '../examples/proxy/test/support/client.js'
 import { fixtures } from './fixtures/index.js'
 import { startCacheServer, type CacheServer } from './support/cache-server.js'
+import { built, run, startProxy } from './support/proxy-process.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
-const main = fileURLToPath(new URL('../examples/proxy/dist/main.js', import.meta.url))
-const built = existsSync(main)
 if (!built) console.warn('test/proxy-cli.test.ts: skipped, examples/proxy is not built (run `pnpm build`)')
 const pnpmAvailable = spawnSync('pnpm', ['--version'], { stdio: 'ignore' }).status === 0
 
@@ -25,58 +22,6 @@ async function until(check: () => boolean, ms = 10_000): Promise<void> {
   for (const end = Date.now() + ms; !check(); ) {
     if (Date.now() > end) throw new Error('condition not reached in time')
     await sleep(10)
-  }
-}
-
-function run(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(process.execPath, [main, ...args], { encoding: 'utf8', timeout: 20_000 })
-  return { status: result.status, stdout: result.stdout, stderr: result.stderr }
-}
-
-/** A proxy process, and what it wrote to stdout so far, one string per line. */
-interface RunningProxy {
-  child: ChildProcess
-  url: string
-  stdout: string[]
-  /** Sends `signal` (SIGTERM by default) and resolves with the exit code. */
-  stop(signal?: NodeJS.Signals): Promise<number | null>
-}
-
-/** Starts the proxy and reads its address from the first line it writes, as a script would. */
-async function startProxy(args: string[]): Promise<RunningProxy> {
-  const child = spawn(process.execPath, [main, '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  child.stdout!.on('data', (data: Buffer) => (stdout += data.toString()))
-  child.stderr!.on('data', (data: Buffer) => (stderr += data.toString()))
-  const exited = once(child, 'exit')
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no address within 20 s:\n${stdout}${stderr}`)), 20_000)
-    const onData = (): void => {
-      const match = /listening on (http:\/\/127\.0\.0\.1:\d+) /.exec(stdout)
-      if (match) {
-        clearTimeout(timer)
-        child.stdout!.off('data', onData)
-        resolve(match[1]!)
-      }
-    }
-    child.stdout!.on('data', onData)
-    void exited.then(([code]) => {
-      clearTimeout(timer)
-      reject(new Error(`the proxy exited with ${code}:\n${stdout}${stderr}`))
-    }, reject)
-  })
-  return {
-    child,
-    url,
-    get stdout() {
-      return stdout.split('\n').filter((line) => line !== '')
-    },
-    async stop(signal = 'SIGTERM') {
-      if (child.exitCode === null) child.kill(signal)
-      const [code] = (await exited) as [number | null]
-      return code
-    },
   }
 }
 
@@ -94,7 +39,7 @@ describe.skipIf(!built)('the proxy command', () => {
   it('lists every flag with --help', () => {
     const { status, stdout } = run(['--help'])
     expect(status).toBe(0)
-    for (const flag of ['--listen', '--upstream', '--trusted-public-key', '--index', '--ipfs-api', '--torrent', '--announce', '--verify-first-below', '--priority', '--help']) {
+    for (const flag of ['--listen', '--upstream', '--trusted-public-key', '--index', '--ipfs-api', '--torrent', '--announce', '--verify-first-below', '--priority', '--netrc-file', '--upstream-header', '--max-passthrough-bytes', '--help']) {
       expect(stdout).toContain(flag)
     }
   })
@@ -128,7 +73,8 @@ describe.skipIf(!built)('the proxy command', () => {
     // The narinfo was remembered in the index file, for the next run and for other tools.
     const index = openIndex(indexPath)
     try {
-      expect(index.get(small.fileHash)).toMatchObject({ size: small.fileSize, url: small.url })
+      expect(index.get(small.fileHash)).toMatchObject({ size: small.fileSize, storePath: small.storePath })
+      expect(index.upstreamUrls(small.fileHash)).toEqual(new Map([[cacheName(), small.url]]))
     } finally {
       index.close()
       await rm(dir, { recursive: true, force: true })

@@ -4,6 +4,15 @@ import type { AddressInfo, Socket } from 'node:net'
 import { parseRange } from './cache-server.js'
 import { shapedFiles, type CacheShape, type ShapedFile } from './cache-shapes.js'
 
+/** A file the server holds beyond its shape, with what to answer for it. */
+export interface ExtraFile extends ShapedFile {
+  headers?: Record<string, string>
+  /** Answer this status (a redirect, with a `location` in `headers`) instead of the file. */
+  status?: number
+  /** Send no Content-Length: the body goes out chunked, its length unknown until it ends. */
+  chunked?: boolean
+}
+
 /** One request as the shape server saw it. */
 export interface ShapeRequest {
   /** Relative to the cache, query string included: `nar/x.nar?hash=y`. */
@@ -18,7 +27,7 @@ export interface ShapeServerOptions {
   /** The fixture paths it holds. @default SHAPED_PATHS */
   only?: readonly string[]
   /** More files, by target relative to the cache (`log/<drv>`, `<hashpart>.ls`), with their headers. */
-  extra?: Record<string, ShapedFile & { headers?: Record<string, string> }>
+  extra?: Record<string, ExtraFile>
   /** A path prefix, such as `/cache/`. @default '/' */
   prefix?: string
   /** Answer 401 to every request whose `authorization` header is not exactly this. */
@@ -32,9 +41,9 @@ export interface ShapeServer {
   /** The targets the server has files for. */
   readonly targets: string[]
   /** The file served at `target` (with its headers), or undefined. */
-  file(target: string): (ShapedFile & { headers?: Record<string, string> }) | undefined
+  file(target: string): ExtraFile | undefined
   /** Serves `file` at `target` from now on; undefined removes it. */
-  setFile(target: string, file: (ShapedFile & { headers?: Record<string, string> }) | undefined): void
+  setFile(target: string, file: ExtraFile | undefined): void
   close(): Promise<void>
 }
 
@@ -44,7 +53,7 @@ export interface ShapeServer {
  */
 export async function startShapeServer(options: ShapeServerOptions): Promise<ShapeServer> {
   const prefix = `/${(options.prefix ?? '/').replace(/^\/+|\/+$/g, '')}/`.replace(/^\/\/$/, '/')
-  const files = new Map<string, ShapedFile & { headers?: Record<string, string> }>()
+  const files = new Map<string, ExtraFile>()
   const requests: ShapeRequest[] = []
   const sockets = new Set<Socket>()
 
@@ -64,8 +73,13 @@ export async function startShapeServer(options: ShapeServerOptions): Promise<Sha
     }
     const file = target === undefined ? undefined : files.get(target)
     if (!file) return plain(res, entry, 404, 'not found\n')
+    if (file.status !== undefined) {
+      entry.status = file.status
+      res.writeHead(file.status, { 'content-length': 0, ...file.headers })
+      return res.end()
+    }
     const size = file.body.length
-    const range = parseRange(req.headers.range, size)
+    const range = file.chunked ? undefined : parseRange(req.headers.range, size)
     if (range === null) {
       entry.status = 416
       res.writeHead(416, { 'content-range': `bytes */${size}`, 'content-length': 0 })
@@ -80,6 +94,7 @@ export async function startShapeServer(options: ShapeServerOptions): Promise<Sha
       ...file.headers,
     }
     if (range) headers['content-range'] = `bytes ${start}-${end - 1}/${size}`
+    if (file.chunked) delete headers['content-length']
     entry.status = range ? 206 : 200
     res.writeHead(entry.status, headers)
     res.end(req.method === 'HEAD' ? undefined : file.body.subarray(start, end))

@@ -1,4 +1,6 @@
 import { parseArgs } from 'node:util'
+import { CredentialsError, parseUpstreamHeader, type UpstreamHeader } from './credentials.js'
+import { DEFAULT_MAX_PASSTHROUGH_BYTES } from './passthrough.js'
 
 /** NARs at or below this size are verified whole before the first byte goes out. */
 export const DEFAULT_VERIFY_FIRST_BELOW = 8 * 1024 * 1024
@@ -12,7 +14,13 @@ export interface ProxyArgs {
   listen: { host: string; port: number }
   upstreams: string[]
   trustedPublicKeys: string[]
+  /** The index file; undefined for the CLI's default one, `:memory:` for none. */
   index: string | undefined
+  /** A netrc file with credentials for the upstreams, as Nix's `netrc-file`. */
+  netrcFile: string | undefined
+  /** From each `--upstream-header 'URL=Name: value'`; the URL is one of `upstreams`. */
+  upstreamHeaders: UpstreamHeader[]
+  maxPassthroughBytes: number
   ipfsApi: string | undefined
   torrent: boolean
   announce: string[]
@@ -34,7 +42,16 @@ Options:
   --listen HOST:PORT              address to serve on; port 0 picks a free one (default ${DEFAULT_LISTEN})
   --upstream URL                  an HTTP binary cache to race; repeat for more (at least one)
   --trusted-public-key NAME:KEY   accept only narinfo signed by this key; repeat for more
-  --index PATH                    the mapping index (SQLite) for FileHash → CID/infohash (default: in memory)
+  --index PATH                    the index (SQLite): what each upstream calls each file, FileHash → CID/infohash;
+                                  ':memory:' keeps nothing (default: the file of 'narrace index',
+                                  $NARRACE_INDEX or $XDG_DATA_HOME/narrace/index.sqlite)
+  --netrc-file PATH               credentials for private upstreams, in Nix's netrc-file format
+                                  (machine HOST login USER password PASS); sent to that host only
+  --upstream-header 'URL=Name: value'
+                                  a header for one --upstream, e.g. 'https://c.example=Authorization: Bearer …';
+                                  sent to that upstream's origin only; repeat for more
+  --max-passthrough-bytes BYTES   cut build logs, .ls listings, realisations and debuginfo passed through
+                                  from upstreams at this size (default ${DEFAULT_MAX_PASSTHROUGH_BYTES})
   --ipfs-api URL                  also fetch from IPFS through this Kubo RPC API
   --torrent                       also fetch from BitTorrent, through mappings in the index
   --announce URL                  a tracker for --torrent; repeat for more
@@ -101,6 +118,12 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
     upstreams: (values.upstream ?? []).map((u) => httpUrl(u, '--upstream')),
     trustedPublicKeys: (values['trusted-public-key'] ?? []).map(publicKey),
     index: values.index,
+    netrcFile: values['netrc-file'],
+    upstreamHeaders: [],
+    maxPassthroughBytes:
+      values['max-passthrough-bytes'] === undefined
+        ? DEFAULT_MAX_PASSTHROUGH_BYTES
+        : count(values['max-passthrough-bytes'], '--max-passthrough-bytes', Number.MAX_SAFE_INTEGER),
     ipfsApi: values['ipfs-api'] === undefined ? undefined : httpUrl(values['ipfs-api'], '--ipfs-api'),
     torrent: values.torrent ?? false,
     announce: values.announce ?? [],
@@ -113,6 +136,13 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
   if (result.help) return result
   if (result.upstreams.length === 0) throw new ProxyUsageError('at least one --upstream URL is needed')
   if (result.index === '') throw new ProxyUsageError('--index: empty path')
+  if (result.netrcFile === '') throw new ProxyUsageError('--netrc-file: empty path')
+  try {
+    result.upstreamHeaders = (values['upstream-header'] ?? []).map((h) => parseUpstreamHeader(h, result.upstreams))
+  } catch (error) {
+    if (error instanceof CredentialsError) throw new ProxyUsageError(error.message)
+    throw error
+  }
   if (result.announce.length > 0 && !result.torrent) throw new ProxyUsageError('--announce needs --torrent')
   return result
 }
@@ -128,6 +158,9 @@ function parse(args: string[]) {
       upstream: { type: 'string', multiple: true },
       'trusted-public-key': { type: 'string', multiple: true },
       index: { type: 'string' },
+      'netrc-file': { type: 'string' },
+      'upstream-header': { type: 'string', multiple: true },
+      'max-passthrough-bytes': { type: 'string' },
       'ipfs-api': { type: 'string' },
       torrent: { type: 'boolean' },
       announce: { type: 'string', multiple: true },

@@ -5,8 +5,8 @@ import type { CacheInfo } from '@narrace/narinfo'
 export const STORE_DIR = '/nix/store'
 /** An upstream whose nix-cache-info could not be read is asked again at most this often. @default 30000 */
 export const DEFAULT_CACHE_INFO_RETRY_MS = 30_000
-/** How long one nix-cache-info request may take. @default 10000 */
-export const DEFAULT_CACHE_INFO_TIMEOUT_MS = 10_000
+/** How long one nix-cache-info request may take; the proxy waits this long at most to start. @default 5000 */
+export const DEFAULT_CACHE_INFO_TIMEOUT_MS = 5_000
 
 /** Thrown at start when an upstream serves another store directory; main prints its message alone. */
 export class UpstreamStoreDirError extends Error {

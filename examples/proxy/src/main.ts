@@ -1,8 +1,13 @@
 #!/usr/bin/env node
+import { mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
 import type { NarBackend } from '@narrace/core'
 import { openIndex, type NarIndex } from '@narrace/index'
+import { defaultIndexPath } from 'narrace'
 import { pino } from 'pino'
 import { parseProxyArgs, ProxyUsageError, USAGE, type ProxyArgs } from './args.js'
+import { UpstreamStoreDirError } from './cache-info.js'
+import { CredentialsError, readNetrc, upstreamHeaders, type NetrcEntry } from './credentials.js'
 import { createProxy } from './proxy.js'
 
 /** Backends that own resources the proxy must release on exit. */
@@ -57,9 +62,19 @@ async function main(): Promise<void> {
     process.stdout.write(USAGE)
     return
   }
+  let netrc: NetrcEntry[] | undefined
+  try {
+    netrc = args.netrcFile === undefined ? undefined : readNetrc(args.netrcFile)
+  } catch (error) {
+    if (error instanceof CredentialsError) fail(error.message.split('\n')[0]!)
+    throw error
+  }
+  // The index `narrace index` uses, so that a restart (and the CLI) keeps what the proxy learned.
+  const indexPath = args.index ?? defaultIndexPath()
   let index: NarIndex
   try {
-    index = openIndex(args.index)
+    if (indexPath !== ':memory:') mkdirSync(dirname(indexPath), { recursive: true })
+    index = openIndex(indexPath)
   } catch (error) {
     fail(`--index: ${(error as Error).message.split('\n')[0]}`)
   }
@@ -74,8 +89,13 @@ async function main(): Promise<void> {
     listen: args.listen,
     verifyFirstBelow: args.verifyFirstBelow,
     priority: args.priority,
+    upstreamHeaders: upstreamHeaders(args.upstreams, { netrc, headers: args.upstreamHeaders }),
+    maxPassthroughBytes: args.maxPassthroughBytes,
   })
-  const url = await proxy.listen().catch((error: Error) => fail(`--listen: ${error.message}`))
+  const url = await proxy.listen().catch((error: Error) => {
+    if (error instanceof UpstreamStoreDirError) return fail(error.message)
+    return fail(`--listen: ${error.message}`)
+  })
   // A log line like every other, so stdout stays one JSON object per line; the words after the URL keep
   // it easy to cut out of the message too.
   logger.info({ url }, `narrace proxy listening on ${url} (put it first in Nix's substituters)`)

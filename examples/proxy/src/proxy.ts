@@ -15,18 +15,23 @@ import {
 } from '@narrace/core'
 import { DEFAULT_CONNECT_TIMEOUT_MS, httpBackend, resolveNarInfo, type HttpBackend } from '@narrace/http'
 import { openIndex, type NarIndex } from '@narrace/index'
+import { compressionExtension, isStoreHashPart, MAX_DOCUMENT_BYTES, parseCacheInfo } from '@narrace/narinfo'
 import { pino, type Logger } from 'pino'
 import { Agent } from 'undici'
 import { DEFAULT_PRIORITY, DEFAULT_VERIFY_FIRST_BELOW } from './args.js'
+import { upstreamCacheInfo } from './cache-info.js'
+import { credentialInterceptor } from './credentials.js'
 import { ProxyMetrics, type NarOutcome } from './metrics.js'
+import { passthroughCounter, racePassthrough, servePassthrough } from './passthrough.js'
 import { routeRequest, type Route } from './routes.js'
+import { learnNarInfo, servedNarInfo, type ServedNarInfo } from './served-narinfo.js'
+import { serveUnverifiedNar } from './unverified-nar.js'
+import { perUpstreamUrls, type UpstreamNames } from './upstream-backends.js'
 
 /** A narinfo lookup that no upstream finishes within this long answers 504. */
 export const DEFAULT_NARINFO_TIMEOUT_MS = 10_000
 /** Largest request head accepted; larger ones get a 400 before routing. */
 export const MAX_HEADER_BYTES = 16 * 1024
-/** narinfo URLs remembered for caches whose NAR file names are not the FileHash. */
-const MAX_REMEMBERED_URLS = 100_000
 /** narinfo answers kept in memory: Nix asks for the same one several times in a single `nix copy`. */
 const MAX_CACHED_NARINFO = 10_000
 /** How long a narinfo that was found is served from memory. @default one hour */
@@ -37,8 +42,14 @@ export interface ProxyOptions {
   upstreams: string[]
   /** Serve only narinfo signed by one of these `name:base64` keys. @default [] (not checked) */
   trustedPublicKeys?: string[]
-  /** Where narinfo FileHash, FileSize and URL are remembered, and p2p mappings read. @default openIndex() in memory */
+  /** Where narinfo FileHash, FileSize and each upstream's URL are remembered, and p2p mappings read. @default openIndex() in memory */
   index?: NarIndex
+  /** Request headers per upstream URL (as in `upstreams`): credentials, sent to that upstream's origin and path only. */
+  upstreamHeaders?: Record<string, Record<string, string>>
+  /** Build logs, listings, realisations and debuginfo passed through are cut at this size. @default 64 MiB */
+  maxPassthroughBytes?: number
+  /** An upstream whose nix-cache-info could not be read is asked again at most this often. @default 30000 */
+  cacheInfoRetryMs?: number
   /** More backends to race beside the upstreams (IPFS, torrent). The caller keeps ownership and closes them. */
   backends?: NarBackend[]
   /** @default { host: '127.0.0.1', port: 0 } */
@@ -121,18 +132,57 @@ export function createProxy(options: ProxyOptions): Proxy {
   const metrics = new ProxyMetrics()
   const ownIndex = options.index === undefined
   const index = options.index ?? openIndex()
-  const upstreams: HttpBackend[] = options.upstreams.map((url) => httpBackend({ url, name: url }))
-  const backends: NarBackend[] = [...upstreams, ...(options.backends ?? [])]
-  // narinfo requests go through a pool the proxy owns, so that close() leaves no socket behind.
+  const credentials = options.upstreamHeaders ?? {}
+  const upstreams = new Map<string, HttpBackend>(
+    options.upstreams.map((url) => [url, httpBackend({ url, name: url, headers: credentials[url] })]),
+  )
+  // narinfo and passthrough requests go through a pool the proxy owns, so that close() leaves no socket
+  // behind; it adds each upstream's credentials to the requests for that upstream alone.
   const narInfoAgent = new Agent({ connect: { timeout: DEFAULT_CONNECT_TIMEOUT_MS } })
+  const upstreamDispatcher = narInfoAgent.compose(credentialInterceptor(credentials))
   const trustedKeys = options.trustedPublicKeys?.length ? options.trustedPublicKeys : undefined
+  const narInfoTimeoutMs = options.narInfoTimeoutMs ?? DEFAULT_NARINFO_TIMEOUT_MS
+  const names: UpstreamNames = {
+    index,
+    async narInfo(upstream, hashPart, signal) {
+      const found = await resolveNarInfo(hashPart, {
+        caches: [upstream],
+        trustedKeys,
+        signal: AbortSignal.any([signal, AbortSignal.timeout(narInfoTimeoutMs)]),
+        dispatcher: upstreamDispatcher,
+      })
+      return servedNarInfo(found.cache, found.narInfo, found.text, hashPart)
+    },
+    learn(served) {
+      try {
+        learnNarInfo(index, served)
+      } catch (error) {
+        logger.warn({ storePath: served.narInfo.storePath, upstream: served.upstream, err: error }, 'narinfo not remembered')
+      }
+    },
+  }
+  // Each upstream is asked for a file under the name its own narinfo gave it.
+  const upstreamBackends = [...upstreams].map(([url, backend]) => perUpstreamUrls(backend, url, names))
+  const backends: NarBackend[] = [...upstreamBackends, ...(options.backends ?? [])]
+  const passthroughUpstreams = options.upstreams.map((url) => ({ url: new URL(url.endsWith('/') ? url : `${url}/`).href }))
+  const passthrough = {
+    upstreams: passthroughUpstreams,
+    dispatcher: upstreamDispatcher,
+    maxBytes: options.maxPassthroughBytes,
+    logger,
+    counter: passthroughCounter(metrics.registry),
+  }
+  const cacheInfo = upstreamCacheInfo({
+    upstreams: options.upstreams,
+    retryMs: options.cacheInfoRetryMs,
+    fetch: (upstream, signal) => fetchCacheInfo(upstream, signal),
+    onError: (upstream, error) => logger.warn({ upstream, err: error }, 'nix-cache-info not read'),
+  })
   const verifyFirstBelow = options.verifyFirstBelow ?? DEFAULT_VERIFY_FIRST_BELOW
-  const cacheInfo = `StoreDir: /nix/store\nWantMassQuery: 1\nPriority: ${options.priority ?? DEFAULT_PRIORITY}\n`
+  const priority = options.priority ?? DEFAULT_PRIORITY
   const listenOn = options.listen ?? { host: '127.0.0.1', port: 0 }
-  /** narinfo URL → FileHash, for URLs that don't name the FileHash themselves. */
-  const urls = new Map<string, NarHash>()
   /** Found narinfo by hash part; a miss is never cached, since the path may be pushed upstream any time. */
-  const narInfos = new Map<string, { text: string; expires: number }>()
+  const narInfos = new Map<string, { served: ServedNarInfo; expires: number }>()
   const narInfoTtlMs = options.narInfoTtlMs ?? DEFAULT_NARINFO_TTL_MS
   const inFlight = new Set<AbortController>()
   let url: string | undefined
@@ -169,6 +219,20 @@ export function createProxy(options: ProxyOptions): Proxy {
     return { signal: controller.signal, done: () => inFlight.delete(controller) }
   }
 
+  /** One upstream's nix-cache-info, through its credentials, at most MAX_DOCUMENT_BYTES. */
+  async function fetchCacheInfo(upstream: string, signal: AbortSignal): Promise<ReturnType<typeof parseCacheInfo>> {
+    const url = new URL(upstream.endsWith('/') ? upstream : `${upstream}/`).href
+    const answer = await racePassthrough('nix-cache-info', {
+      upstreams: [{ url }],
+      dispatcher: upstreamDispatcher,
+      signal,
+      maxBytes: MAX_DOCUMENT_BYTES,
+    })
+    const chunks: Uint8Array[] = []
+    for await (const chunk of answer.body) chunks.push(chunk)
+    return parseCacheInfo(Buffer.concat(chunks).toString('utf8'))
+  }
+
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const route: Route = routeRequest(req.method, req.url)
     const head = req.method === 'HEAD'
@@ -179,7 +243,14 @@ export function createProxy(options: ProxyOptions): Proxy {
         sendText(res, head, route.status, `${route.reason}\n`)
         return
       case 'cache-info':
-        sendText(res, head, 200, cacheInfo, 'text/x-nix-cache-info')
+        cacheInfo.retryFailed()
+        sendText(
+          res,
+          head,
+          200,
+          `StoreDir: /nix/store\nWantMassQuery: ${cacheInfo.wantMassQuery() ? 1 : 0}\nPriority: ${priority}\n`,
+          'text/x-nix-cache-info',
+        )
         return
       case 'healthz':
         sendText(res, head, 200, 'ok\n')
@@ -193,49 +264,48 @@ export function createProxy(options: ProxyOptions): Proxy {
       case 'nar':
         await serveNar(route, res, head)
         return
+      case 'passthrough': {
+        const { signal, done } = requestSignal(res)
+        try {
+          await servePassthrough(route, res, head, signal, passthrough)
+        } finally {
+          done()
+        }
+        return
+      }
     }
   }
 
-  /** Records what the NAR route needs later; a narinfo the index refuses is still served. */
-  function remember(narInfo: { storePath: string; url: string; fileHash?: string; fileSize?: number }): void {
-    if (narInfo.fileHash === undefined) return
-    try {
-      const fileHash = parseNarHash(narInfo.fileHash)
-      const location: Parameters<NarIndex['put']>[0] = { fileHash: fileHash.toString(), url: narInfo.url, storePath: narInfo.storePath }
-      if (narInfo.fileSize !== undefined) location.size = narInfo.fileSize
-      index.put(location)
-      urls.delete(narInfo.url)
-      urls.set(narInfo.url, fileHash)
-      if (urls.size > MAX_REMEMBERED_URLS) urls.delete(urls.keys().next().value!)
-    } catch (error) {
-      logger.warn({ storePath: narInfo.storePath, err: error }, 'narinfo not remembered')
+  /**
+   * The served form of `hashPart`'s narinfo: from memory, or raced across the upstreams, verified, and
+   * learned into the index (a narinfo the index refuses is still served). Rejects as resolveNarInfo does.
+   */
+  async function lookupNarInfo(hashPart: string, signal: AbortSignal): Promise<{ served: ServedNarInfo; cached: boolean }> {
+    const cached = narInfos.get(hashPart)
+    if (cached && cached.expires > performance.now()) return { served: cached.served, cached: true }
+    const found = await resolveNarInfo(hashPart, {
+      caches: options.upstreams,
+      trustedKeys,
+      signal,
+      dispatcher: upstreamDispatcher,
+    })
+    const served = servedNarInfo(found.cache, found.narInfo, found.text, hashPart)
+    names.learn(served)
+    if (narInfoTtlMs > 0) {
+      narInfos.delete(hashPart)
+      narInfos.set(hashPart, { served, expires: performance.now() + narInfoTtlMs })
+      if (narInfos.size > MAX_CACHED_NARINFO) narInfos.delete(narInfos.keys().next().value!)
     }
+    return { served, cached: false }
   }
 
   async function serveNarInfo(hashPart: string, res: ServerResponse, head: boolean): Promise<void> {
-    const cached = narInfos.get(hashPart)
-    if (cached && cached.expires > performance.now()) {
-      metrics.narinfoRequests.inc({ outcome: 'cached' })
-      sendText(res, head, 200, cached.text, NARINFO_TYPE)
-      return
-    }
     const { signal, done } = requestSignal(res)
-    const timeout = AbortSignal.timeout(options.narInfoTimeoutMs ?? DEFAULT_NARINFO_TIMEOUT_MS)
+    const timeout = AbortSignal.timeout(narInfoTimeoutMs)
     try {
-      const found = await resolveNarInfo(hashPart, {
-        caches: options.upstreams,
-        trustedKeys,
-        signal: AbortSignal.any([signal, timeout]),
-        dispatcher: narInfoAgent,
-      })
-      remember(found.narInfo)
-      if (narInfoTtlMs > 0) {
-        narInfos.delete(hashPart)
-        narInfos.set(hashPart, { text: found.text, expires: performance.now() + narInfoTtlMs })
-        if (narInfos.size > MAX_CACHED_NARINFO) narInfos.delete(narInfos.keys().next().value!)
-      }
-      metrics.narinfoRequests.inc({ outcome: 'ok' })
-      sendText(res, head, 200, found.text, NARINFO_TYPE)
+      const { served, cached } = await lookupNarInfo(hashPart, AbortSignal.any([signal, timeout]))
+      metrics.narinfoRequests.inc({ outcome: cached ? 'cached' : 'ok' })
+      sendText(res, head, 200, served.text, NARINFO_TYPE)
     } catch (error) {
       if (signal.aborted) return
       if (timeout.aborted) {
@@ -253,22 +323,54 @@ export function createProxy(options: ProxyOptions): Proxy {
     }
   }
 
-  async function serveNar(route: Extract<Route, { kind: 'nar' }>, res: ServerResponse, head: boolean): Promise<void> {
-    let hash = urls.get(route.path)
-    if (!hash) {
-      // Without a remembered narinfo, only a file named by its FileHash can be fetched.
-      if (route.name.length !== 52) {
-        sendText(res, head, 404, 'unknown NAR\n')
-        return
-      }
+  /**
+   * The FileHash a NAR request names: a URL an upstream gave (which older versions served unchanged) as
+   * the index knows it, else the name itself. A name of 32 characters is a store path's hash part: the
+   * served name of a compressed file with no FileHash, found again through its narinfo.
+   */
+  async function narHashOf(
+    route: Extract<Route, { kind: 'nar' }>,
+    res: ServerResponse,
+    head: boolean,
+  ): Promise<NarHash | undefined> {
+    const known = index.findByUrl(route.path)
+    if (known) return known
+    if (route.name.length === 52) {
       try {
-        hash = parseNarHash(route.name)
+        return parseNarHash(route.name)
       } catch (error) {
         metrics.rejected.inc({ status: '400' })
         sendText(res, head, 400, `${message(error)}\n`)
-        return
+        return undefined
       }
     }
+    if (route.name.length === 32 && isStoreHashPart(route.name)) {
+      const { signal, done } = requestSignal(res)
+      try {
+        const timeout = AbortSignal.timeout(narInfoTimeoutMs)
+        const { served } = await lookupNarInfo(route.name, AbortSignal.any([signal, timeout]))
+        const ext = compressionExtension(served.narInfo.compression) === route.ext
+        if (served.fileHash && ext) return served.fileHash
+        const backend = upstreams.get(served.upstream)
+        if (!served.fileHash && ext && backend) {
+          await serveUnverifiedNar(served, res, head, signal, { backend, logger, requests: metrics.requests })
+          return undefined
+        }
+      } catch (error) {
+        if (signal.aborted) return undefined
+        logger.warn({ nar: route.path, err: error }, 'narinfo for an unverified NAR failed')
+      } finally {
+        done()
+      }
+    }
+    metrics.requests.inc({ outcome: 'not_found' })
+    sendText(res, head, 404, 'unknown NAR\n')
+    return undefined
+  }
+
+  async function serveNar(route: Extract<Route, { kind: 'nar' }>, res: ServerResponse, head: boolean): Promise<void> {
+    const hash = await narHashOf(route, res, head)
+    if (!hash) return
     const location = index.get(hash)
     const tracker = metrics.track()
     const { signal, done } = requestSignal(res)
@@ -281,7 +383,8 @@ export function createProxy(options: ProxyOptions): Proxy {
         backends,
         signal,
         size: location?.size,
-        url: location?.url ?? route.path,
+        // The standard name; each upstream that named the file otherwise is asked under its own name.
+        url: `nar/${hash.nix32}.nar${route.ext}`,
         // HEAD sends no body, so the first byte of a copy is enough to answer; no need to fetch it whole.
         verifyFirstBelow: head ? 0 : verifyFirstBelow,
         stallTimeoutMs: options.stallTimeoutMs,
@@ -349,6 +452,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       return url
     },
     async listen(): Promise<string> {
+      await cacheInfo.start()
       server.listen(listenOn.port, listenOn.host)
       await once(server, 'listening')
       const address = server.address() as AddressInfo
@@ -358,12 +462,13 @@ export function createProxy(options: ProxyOptions): Proxy {
     },
     close(): Promise<void> {
       closing ??= (async () => {
+        cacheInfo.close()
         for (const controller of inFlight) controller.abort(new Error('the proxy is closing'))
         const closed = server.listening ? once(server, 'close') : Promise.resolve()
         server.close()
         server.closeAllConnections()
         await closed
-        await Promise.all([...upstreams.map((backend) => backend.close()), narInfoAgent.destroy()])
+        await Promise.all([...[...upstreams.values()].map((backend) => backend.close()), narInfoAgent.destroy()])
         if (ownIndex) index.close()
       })()
       return closing

@@ -16,6 +16,10 @@ describe('parseProxyArgs', () => {
       '--announce', 'http://127.0.0.1:8000/announce',
       '--verify-first-below', '1024',
       '--priority', '10',
+      '--netrc-file', '/etc/nix/netrc',
+      '--upstream-header', 'https://cache.example.org/=Authorization: Bearer t0k3n',
+      '--upstream-header', 'http://127.0.0.1:1=X-Api-Key:k',
+      '--max-passthrough-bytes', '1000',
     ])
     expect(args).toEqual({
       help: false,
@@ -28,6 +32,12 @@ describe('parseProxyArgs', () => {
       announce: ['http://127.0.0.1:8000/announce'],
       verifyFirstBelow: 1024,
       priority: 10,
+      netrcFile: '/etc/nix/netrc',
+      upstreamHeaders: [
+        { upstream: 'https://cache.example.org', name: 'authorization', value: 'Bearer t0k3n' },
+        { upstream: 'http://127.0.0.1:1', name: 'x-api-key', value: 'k' },
+      ],
+      maxPassthroughBytes: 1000,
     })
   })
 
@@ -38,6 +48,9 @@ describe('parseProxyArgs', () => {
     expect(args.verifyFirstBelow).toBe(8 * 1024 * 1024)
     expect(args.priority).toBe(DEFAULT_PRIORITY)
     expect(args.torrent).toBe(false)
+    expect(args.index).toBeUndefined()
+    expect(args.maxPassthroughBytes).toBe(64 * 1024 * 1024)
+    expect(args.upstreamHeaders).toEqual([])
   })
 
   it('needs no upstream for --help', () => {
@@ -60,6 +73,13 @@ describe('parseProxyArgs', () => {
     [['--upstream', 'http://a', '--trusted-public-key', 'k:c2hvcnQ='], /trusted-public-key/],
     [['--upstream', 'http://a', '--announce', 'http://t/announce'], /--torrent/],
     [['--upstream', 'http://a', '--index', ''], /index/],
+    [['--upstream', 'http://a', '--netrc-file', ''], /netrc-file/],
+    [['--upstream', 'http://a', '--max-passthrough-bytes', '1e6'], /max-passthrough-bytes/],
+    [['--upstream', 'http://a', '--upstream-header', 'http://b=Authorization: x'], /not one of the --upstream/],
+    [['--upstream', 'http://a', '--upstream-header', 'Authorization: x'], /URL=Name: value/],
+    [['--upstream', 'http://a', '--upstream-header', 'http://a=Bad Name: x'], /URL=Name: value/],
+    [['--upstream', 'http://a', '--upstream-header', 'http://a=Host: evil'], /can't be set/],
+    [['--upstream', 'http://a', '--upstream-header', 'http://a=X: a\r\nY: b'], /line break/],
   ])('refuses %j with a one-line error', (argv, pattern) => {
     let caught: unknown
     try {

@@ -57,6 +57,9 @@ describe('the substituter proxy', () => {
     const proxy = createProxy({ upstreams: [upstream.url], logger, ...options })
     proxies.push(proxy)
     await proxy.listen()
+    // The proxy reads each upstream's nix-cache-info at start; the tests count what comes after.
+    upstream.requests.length = 0
+    second.requests.length = 0
     return Object.assign(proxy, { lines })
   }
 
@@ -81,7 +84,8 @@ describe('the substituter proxy', () => {
     expect(proxy.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
     const info = await get(`${proxy.url}/nix-cache-info`)
     expect(info.status).toBe(200)
-    expect(info.body.toString()).toBe('StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 12\n')
+    // The upstream's nix-cache-info does not say WantMassQuery: 1, so the proxy does not either.
+    expect(info.body.toString()).toBe('StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 12\n')
     expect((await get(`${proxy.url}/healthz`)).status).toBe(200)
     const metrics = await get(`${proxy.url}/metrics`)
     expect(metrics.status).toBe(200)
@@ -123,8 +127,8 @@ describe('the substituter proxy', () => {
   })
 
   it('answers 504 when no upstream finishes a narinfo within narInfoTimeoutMs', async () => {
-    upstream.setFaults({ firstByteDelayMs: 5_000 })
     const proxy = await start({ narInfoTimeoutMs: 100 })
+    upstream.setFaults({ firstByteDelayMs: 5_000 })
     const answer = await get(`${proxy.url}/${small.hashPart}.narinfo`)
     expect(answer.status).toBe(504)
   })
@@ -138,7 +142,8 @@ describe('the substituter proxy', () => {
     const index = openIndex()
     const proxy = await start({ index })
     expect((await get(`${proxy.url}/${big.hashPart}.narinfo`)).status).toBe(200)
-    expect(index.get(big.fileHash)).toMatchObject({ size: big.fileSize, url: big.url, storePath: big.storePath })
+    expect(index.get(big.fileHash)).toMatchObject({ size: big.fileSize, storePath: big.storePath })
+    expect(index.upstreamUrls(big.fileHash)).toEqual(new Map([[upstream.url, big.url]]))
     const answer = await get(`${proxy.url}/${big.url}`)
     expect(answer.error).toBeUndefined()
     expect(answer.status).toBe(200)
@@ -292,7 +297,7 @@ describe('the substituter proxy', () => {
     expect(upstream.requests).toHaveLength(0)
   })
 
-  it('serves a NAR whose narinfo URL does not name the FileHash', async () => {
+  it('serves a NAR whose narinfo URL does not name the FileHash, under its FileHash, fetched under the upstream\'s name', async () => {
     // Some caches name files otherwise; the signature does not cover URL, so the narinfo still verifies.
     const dir = await mkdtemp(join(tmpdir(), 'narrace-proxy-'))
     const url = `nar/${small.hashPart}.nar.xz`
@@ -302,11 +307,15 @@ describe('the substituter proxy', () => {
     const renamed = await startCacheServer({ root: dir })
     try {
       const proxy = await start({ upstreams: [renamed.url], trustedPublicKeys: [fixtures.publicKey] })
-      expect((await get(`${proxy.url}/nar/${small.hashPart}.nar.xz`)).status).toBe(404)
-      expect((await get(`${proxy.url}/${small.hashPart}.narinfo`)).status).toBe(200)
-      const answer = await get(`${proxy.url}/${url}`)
-      expect(answer.status).toBe(200)
-      expect(sha256(answer.body)).toBe(small.fileHashHex)
+      const narinfo = await get(`${proxy.url}/${small.hashPart}.narinfo`)
+      expect(narinfo.status).toBe(200)
+      expect(narinfo.body.toString()).toBe(fixtures.narinfoText('small'))
+      for (const path of [small.url, url]) {
+        const answer = await get(`${proxy.url}/${path}`)
+        expect(answer.status).toBe(200)
+        expect(sha256(answer.body)).toBe(small.fileHashHex)
+      }
+      expect(renamed.requests.filter((r) => r.path.startsWith('/nar/')).map((r) => r.path)).toEqual([`/${url}`, `/${url}`])
     } finally {
       await renamed.close()
       await rm(dir, { recursive: true, force: true })

@@ -8,8 +8,8 @@ describe('routeRequest', () => {
   it('routes the binary-cache protocol', () => {
     expect(routeRequest('GET', '/nix-cache-info')).toEqual({ kind: 'cache-info' })
     expect(routeRequest('HEAD', `/${hashPart}.narinfo`)).toEqual({ kind: 'narinfo', hashPart })
-    expect(routeRequest('GET', `/nar/${fileHash}.nar.xz`)).toEqual({ kind: 'nar', path: `nar/${fileHash}.nar.xz`, name: fileHash })
-    expect(routeRequest('GET', `/nar/${fileHash}.nar`)).toMatchObject({ kind: 'nar', name: fileHash })
+    expect(routeRequest('GET', `/nar/${fileHash}.nar.xz`)).toEqual({ kind: 'nar', path: `nar/${fileHash}.nar.xz`, name: fileHash, ext: '.xz' })
+    expect(routeRequest('GET', `/nar/${fileHash}.nar`)).toMatchObject({ kind: 'nar', name: fileHash, ext: '' })
     for (const extension of ['zst', 'bz2', 'lzip', 'lz4', 'br']) {
       expect(routeRequest('GET', `/nar/${fileHash}.nar.${extension}`)).toMatchObject({ kind: 'nar', path: `nar/${fileHash}.nar.${extension}` })
     }
@@ -30,7 +30,6 @@ describe('routeRequest', () => {
     ['/index.html', 404],
     ['/nix-cache-info?x=1', 404],
     ['/nar', 404],
-    ['/log/abc', 404],
     [`/${hashPart}.narinfo/x`, 404],
   ])('answers %s with %i', (target, status) => {
     expect(routeRequest('GET', target)).toMatchObject({ kind: 'reject', status })
@@ -61,7 +60,37 @@ describe('routeRequest', () => {
     `/${hashPart.slice(1)}\u00e9.narinfo`,
     '/a b',
     `/${'x'.repeat(MAX_URL_LENGTH)}`,
+    '/log/abc',
+    `/log/${hashPart}`,
+    `/log/${hashPart}-x/y.drv`,
+    `/log/${hashPart}-${'x'.repeat(212)}`,
+    `/log/../${hashPart}-x.drv`,
+    `/${hashPart.slice(1)}.ls`,
+    `/nar/${hashPart}.ls`,
+    `/realisations/sha256:${'a'.repeat(64)}.doi`,
+    `/realisations/sha256:${'A'.repeat(64)}!out.doi`,
+    `/realisations/sha256:${'a'.repeat(64)}!out/x.doi`,
+    '/build-trace-v2/',
+    '/build-trace-v2/.hidden',
+    '/build-trace-v2/a/b/c/d/e',
+    '/build-trace-v2/a//b',
+    `/build-trace-v2/${'a'.repeat(256)}`,
+    '/debuginfo/XYZ',
+    '/debuginfo/abc/def',
   ])('refuses %j with 400', (target) => {
     expect(routeRequest('GET', target)).toMatchObject({ kind: 'reject', status: 400 })
+  })
+
+  it('routes the files Nix reads besides narinfo and NARs, each in the form Nix gives it', () => {
+    const drv = `${hashPart}-hello-2.12.1.drv`
+    const doi = `sha256:${'0123456789abcdef'.repeat(4)}!out.doi`
+    expect(routeRequest('GET', `/log/${drv}`)).toEqual({ kind: 'passthrough', what: 'log', target: `log/${drv}` })
+    expect(routeRequest('GET', `/log/${hashPart}-hello-2.12.1`)).toMatchObject({ kind: 'passthrough', what: 'log' })
+    expect(routeRequest('HEAD', `/${hashPart}.ls`)).toEqual({ kind: 'passthrough', what: 'ls', target: `${hashPart}.ls` })
+    expect(routeRequest('GET', `/realisations/${doi}`)).toEqual({ kind: 'passthrough', what: 'realisation', target: `realisations/${doi}` })
+    expect(routeRequest('GET', '/build-trace-v2/abc/out.json')).toMatchObject({ kind: 'passthrough', what: 'build-trace' })
+    expect(routeRequest('GET', '/debuginfo/0123abcd')).toEqual({ kind: 'passthrough', what: 'debuginfo', target: 'debuginfo/0123abcd' })
+    expect(routeRequest('POST', `/log/${drv}`)).toMatchObject({ kind: 'reject', status: 405 })
+    expect(routeRequest('GET', `/log/${drv}?x=1`)).toMatchObject({ kind: 'reject', status: 404 })
   })
 })
