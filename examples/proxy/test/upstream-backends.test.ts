@@ -18,7 +18,7 @@ function recorder(): NarBackend & { urls: (string | undefined)[] } {
     urls,
     async fetch(_hash, options: NarFetchOptions) {
       urls.push(options.url)
-      return { body: [], offset: 0 }
+      return { body: (async function* () {})(), offset: 0 }
     },
   }
 }
