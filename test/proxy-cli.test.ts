@@ -36,6 +36,25 @@ describe.skipIf(!built)('the proxy command', () => {
     await upstream?.close()
   })
 
+  it('keeps what it learned in the default index of `narrace index` when no --index is given', async () => {
+    const small = fixtures.path('small')
+    const dir = await mkdtemp(join(tmpdir(), 'narrace-proxy-cli-'))
+    const env = { ...process.env, XDG_DATA_HOME: dir, NARRACE_INDEX: '' }
+    const proxy = await startProxy(['--upstream', upstream.url], env)
+    try {
+      expect((await get(`${proxy.url}/${small.hashPart}.narinfo`)).status).toBe(200)
+    } finally {
+      expect(await proxy.stop()).toBe(0)
+    }
+    const index = openIndex(join(dir, 'narrace', 'index.sqlite'))
+    try {
+      expect(index.upstreamUrls(small.fileHash)).toEqual(new Map([[cacheName(), small.url]]))
+    } finally {
+      index.close()
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
   it('lists every flag with --help', () => {
     const { status, stdout } = run(['--help'])
     expect(status).toBe(0)

@@ -297,6 +297,18 @@ describe('the substituter proxy', () => {
     expect(upstream.requests).toHaveLength(0)
   })
 
+  it('still serves a NAR URL that an earlier version passed through, when the index knows it', async () => {
+    // Written as older versions wrote it: the URL in the mapping itself, no per-upstream name.
+    const index = openIndex()
+    index.put({ fileHash: small.fileHash, size: small.fileSize, url: `nar/${small.hashPart}.nar.xz` })
+    const proxy = await start({ index })
+    const answer = await get(`${proxy.url}/nar/${small.hashPart}.nar.xz`)
+    expect(answer.status).toBe(200)
+    expect(sha256(answer.body)).toBe(small.fileHashHex)
+    // Asked of the upstream under the standard name: the client's name for it goes nowhere.
+    expect(upstream.requests.map((r) => r.path)).toEqual([`/${small.url}`])
+  })
+
   it('serves a NAR whose narinfo URL does not name the FileHash, under its FileHash, fetched under the upstream\'s name', async () => {
     // Some caches name files otherwise; the signature does not cover URL, so the narinfo still verifies.
     const dir = await mkdtemp(join(tmpdir(), 'narrace-proxy-'))
