@@ -4,6 +4,8 @@ import { DEFAULT_MAX_PASSTHROUGH_BYTES } from './passthrough.js'
 
 /** NARs at or below this size are verified whole before the first byte goes out. */
 export const DEFAULT_VERIFY_FIRST_BELOW = 8 * 1024 * 1024
+/** The store's budget without --store-max-bytes: 10 GiB. */
+export const DEFAULT_STORE_MAX_BYTES = 10 * 1024 ** 3
 /** The `Priority` in nix-cache-info: below cache.nixos.org's 40, so Nix asks the proxy first. */
 export const DEFAULT_PRIORITY = 30
 export const DEFAULT_LISTEN = '127.0.0.1:8080'
@@ -26,6 +28,14 @@ export interface ProxyArgs {
   announce: string[]
   verifyFirstBelow: number
   priority: number
+  /** `--store DIR`: keep every NAR served (and its narinfo) in this folder, and answer from it first. */
+  store: string | undefined
+  /** `--store-max-bytes N` */
+  storeMaxBytes: number
+  /** `--donate`: publish every NAR that enters the store to IPFS and/or as a torrent. */
+  donate: boolean
+  /** `--mappings-from URL`: other proxies asked for mappings the index lacks. */
+  mappingsFrom: string[]
 }
 
 /** Thrown for a command line the proxy can't run with; main prints the message and exits with 2. */
@@ -57,6 +67,13 @@ Options:
   --announce URL                  a tracker for --torrent; repeat for more
   --verify-first-below BYTES      verify NARs up to this size before sending a byte (default ${DEFAULT_VERIFY_FIRST_BELOW})
   --priority N                    the Priority in nix-cache-info (default ${DEFAULT_PRIORITY})
+  --store DIR                     keep every NAR served, and its narinfo, in DIR (a file:// binary cache);
+                                  it answers first, also when no upstream can be reached
+  --store-max-bytes N             the store's budget; least recently used NARs not pinned go first
+                                  (default ${DEFAULT_STORE_MAX_BYTES}); pin closures with 'narrace pin'
+  --donate                        publish every NAR that enters the store to IPFS (--ipfs-api) and as a
+                                  torrent (--torrent), recording the mappings; eviction withdraws them
+  --mappings-from URL             another narrace proxy to ask for mappings the index lacks; repeat for more
   -h, --help                      show this text
 
 Output: JSON log lines (pino) on stdout. The first one has the bound address in "url" and reads
@@ -132,6 +149,13 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
         ? DEFAULT_VERIFY_FIRST_BELOW
         : count(values['verify-first-below'], '--verify-first-below', Number.MAX_SAFE_INTEGER),
     priority: values.priority === undefined ? DEFAULT_PRIORITY : count(values.priority, '--priority', 1_000_000),
+    store: values.store,
+    storeMaxBytes:
+      values['store-max-bytes'] === undefined
+        ? DEFAULT_STORE_MAX_BYTES
+        : count(values['store-max-bytes'], '--store-max-bytes', Number.MAX_SAFE_INTEGER),
+    donate: values.donate ?? false,
+    mappingsFrom: (values['mappings-from'] ?? []).map((u) => httpUrl(u, '--mappings-from')),
   }
   if (result.help) return result
   if (result.upstreams.length === 0) throw new ProxyUsageError('at least one --upstream URL is needed')
@@ -144,6 +168,10 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
     throw error
   }
   if (result.announce.length > 0 && !result.torrent) throw new ProxyUsageError('--announce needs --torrent')
+  if (result.store === '') throw new ProxyUsageError('--store: empty path')
+  if (values['store-max-bytes'] !== undefined && result.store === undefined) throw new ProxyUsageError('--store-max-bytes needs --store')
+  if (result.storeMaxBytes < 1) throw new ProxyUsageError('--store-max-bytes: must be at least 1')
+  if (result.donate && result.store === undefined) throw new ProxyUsageError('--donate needs --store: what is donated is what the store keeps')
   return result
 }
 
@@ -166,6 +194,10 @@ function parse(args: string[]) {
       announce: { type: 'string', multiple: true },
       'verify-first-below': { type: 'string' },
       priority: { type: 'string' },
+      store: { type: 'string' },
+      'store-max-bytes': { type: 'string' },
+      donate: { type: 'boolean' },
+      'mappings-from': { type: 'string', multiple: true },
     },
   })
 }

@@ -3,8 +3,13 @@ import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import type { NarBackend } from '@narrace/core'
 import { openIndex, type NarIndex } from '@narrace/index'
+import { openStore, type NarStore } from '@narrace/store'
+import type { WebTorrent } from '@narrace/torrent'
 import { defaultIndexPath } from 'narrace'
-import { pino } from 'pino'
+import { pino, type Logger } from 'pino'
+import { Donation } from './donation.js'
+import { PeerMappings } from './peer-mappings.js'
+import { ProxyStore } from './store-wiring.js'
 import { parseProxyArgs, ProxyUsageError, USAGE, type ProxyArgs } from './args.js'
 import { UpstreamStoreDirError } from './cache-info.js'
 import { CredentialsError, readNetrc, upstreamHeaders, type NetrcEntry } from './credentials.js'
@@ -20,7 +25,8 @@ interface IpfsModule {
   ipfsBackend(options: { api: string; index: NarIndex }): Closable
 }
 interface TorrentModule {
-  torrentBackend(options: { index: NarIndex; announce: string[] }): Closable
+  torrentBackend(options: { index: NarIndex; announce: string[]; client?: WebTorrent }): Closable
+  createClient(): WebTorrent
 }
 
 function fail(text: string): never {
@@ -37,17 +43,48 @@ async function load<T>(name: string, flag: string): Promise<T> {
   }
 }
 
-async function p2pBackends(args: ProxyArgs, index: NarIndex): Promise<Closable[]> {
+async function p2pBackends(args: ProxyArgs, index: NarIndex): Promise<{ backends: Closable[]; torrentClient?: WebTorrent }> {
   const backends: Closable[] = []
+  let torrentClient: WebTorrent | undefined
   if (args.ipfsApi !== undefined) {
     const { ipfsBackend } = await load<IpfsModule>('@narrace/ipfs', '--ipfs-api')
     backends.push(ipfsBackend({ api: args.ipfsApi, index }))
   }
   if (args.torrent) {
-    const { torrentBackend } = await load<TorrentModule>('@narrace/torrent', '--torrent')
-    backends.push(torrentBackend({ index, announce: args.announce }))
+    const { torrentBackend, createClient } = await load<TorrentModule>('@narrace/torrent', '--torrent')
+    // One client fetches and, with --donate, seeds; the proxy destroys it on exit.
+    if (args.donate) torrentClient = createClient()
+    backends.push(torrentBackend({ index, announce: args.announce, ...(torrentClient ? { client: torrentClient } : {}) }))
   }
-  return backends
+  return torrentClient ? { backends, torrentClient } : { backends }
+}
+
+/** `--store` and `--donate`: the store opened (one owner: a second proxy gets one line), and the donation. */
+async function openStoreParts(
+  args: ProxyArgs,
+  index: NarIndex,
+  logger: Logger,
+  torrentClient: WebTorrent | undefined,
+): Promise<{ store?: NarStore; proxyStore?: ProxyStore; donation?: Donation }> {
+  if (args.store === undefined) return {}
+  let store: NarStore
+  try {
+    store = await openStore(args.store, { maxBytes: args.storeMaxBytes })
+  } catch (error) {
+    process.stderr.write(`narrace-proxy: --store: ${(error as Error).message.split('\n')[0]}\n`)
+    process.exit(1)
+  }
+  const proxyStore = new ProxyStore(store, { logger })
+  if (!args.donate) return { store, proxyStore }
+  if (args.ipfsApi === undefined && !torrentClient) fail('--donate needs --ipfs-api URL and/or --torrent')
+  const donation = new Donation({
+    store,
+    index,
+    logger,
+    ...(args.ipfsApi !== undefined ? { ipfs: { api: args.ipfsApi } } : {}),
+    ...(torrentClient ? { torrent: { client: torrentClient, announce: args.announce } } : {}),
+  })
+  return { store, proxyStore, donation }
 }
 
 async function main(): Promise<void> {
@@ -78,8 +115,12 @@ async function main(): Promise<void> {
   } catch (error) {
     fail(`--index: ${(error as Error).message.split('\n')[0]}`)
   }
-  const backends = await p2pBackends(args, index)
+  const { backends: p2p, torrentClient } = await p2pBackends(args, index)
   const logger = pino()
+  const peerMappings = args.mappingsFrom.length > 0 ? new PeerMappings({ peers: args.mappingsFrom, index }) : undefined
+  // With --mappings-from, a p2p source asks the peers for a mapping before it reads the index.
+  const backends = peerMappings ? p2p.map((backend) => peerMappings.wrap(backend)) : p2p
+  const { store, proxyStore, donation } = await openStoreParts(args, index, logger, torrentClient)
   const proxy = createProxy({
     logger,
     upstreams: args.upstreams,
@@ -91,6 +132,8 @@ async function main(): Promise<void> {
     priority: args.priority,
     upstreamHeaders: upstreamHeaders(args.upstreams, { netrc, headers: args.upstreamHeaders }),
     maxPassthroughBytes: args.maxPassthroughBytes,
+    ...(proxyStore ? { store: proxyStore } : {}),
+    ...(peerMappings ? { peerMappings } : {}),
   })
   const url = await proxy.listen().catch((error: Error) => {
     if (error instanceof UpstreamStoreDirError) return fail(error.message)
@@ -104,7 +147,10 @@ async function main(): Promise<void> {
     let code = 0
     try {
       await proxy.close()
+      await donation?.close()
       await Promise.all(backends.map((backend) => backend.close?.()))
+      if (torrentClient) await new Promise<void>((resolve) => torrentClient.destroy(() => resolve()))
+      await store?.close()
       index.close()
       logger.info({ signal }, 'narrace proxy stopped')
     } catch (error) {

@@ -22,9 +22,12 @@ import { DEFAULT_PRIORITY, DEFAULT_VERIFY_FIRST_BELOW } from './args.js'
 import { upstreamCacheInfo } from './cache-info.js'
 import { credentialInterceptor } from './credentials.js'
 import { ProxyMetrics, type NarOutcome } from './metrics.js'
+import { serveMapping, serveMappingsSince } from './mappings-route.js'
 import { passthroughCounter, racePassthrough, servePassthrough } from './passthrough.js'
+import type { PeerMappings } from './peer-mappings.js'
 import { routeRequest, type Route } from './routes.js'
 import { learnNarInfo, servedNarInfo, type ServedNarInfo } from './served-narinfo.js'
+import type { ProxyStore } from './store-wiring.js'
 import { serveUnverifiedNar } from './unverified-nar.js'
 import { perUpstreamUrls, type UpstreamNames } from './upstream-backends.js'
 
@@ -66,6 +69,10 @@ export interface ProxyOptions {
   stallTimeoutMs?: number
   /** @default pino at info level on stdout */
   logger?: Logger
+  /** `--store`: answers first, keeps every NAR served and its narinfo. The caller closes it. */
+  store?: ProxyStore
+  /** `--mappings-from`: blames mappings that failed verification (the caller wraps the p2p backends). */
+  peerMappings?: PeerMappings
 }
 
 export interface Proxy {
@@ -113,7 +120,7 @@ function sendText(res: ServerResponse, head: boolean, status: number, body: stri
  * FileHash has checked out, so when it fails the client is always missing bytes and sees a broken
  * transfer, never a complete corrupt file.
  */
-async function* holdLast(stream: NarStream): AsyncGenerator<Uint8Array> {
+async function* holdLast(stream: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
   let held: Uint8Array | undefined
   for await (const chunk of stream) {
     if (held) yield held
@@ -264,6 +271,18 @@ export function createProxy(options: ProxyOptions): Proxy {
       case 'nar':
         await serveNar(route, res, head)
         return
+      case 'mapping':
+        serveMapping(index, route.fileHash, res, head)
+        return
+      case 'mappings': {
+        const { signal, done } = requestSignal(res)
+        try {
+          await serveMappingsSince(index, route.since, res, head, signal)
+        } finally {
+          done()
+        }
+        return
+      }
       case 'passthrough': {
         const { signal, done } = requestSignal(res)
         try {
@@ -300,10 +319,19 @@ export function createProxy(options: ProxyOptions): Proxy {
   }
 
   async function serveNarInfo(hashPart: string, res: ServerResponse, head: boolean): Promise<void> {
+    // The store first: it answers with no upstream reachable, and a warm store asks none.
+    const stored = await options.store?.narInfo(hashPart)
+    if (stored !== undefined) {
+      metrics.narinfoRequests.inc({ outcome: 'cached' })
+      sendText(res, head, 200, stored, NARINFO_TYPE)
+      return
+    }
     const { signal, done } = requestSignal(res)
     const timeout = AbortSignal.timeout(narInfoTimeoutMs)
     try {
       const { served, cached } = await lookupNarInfo(hashPart, AbortSignal.any([signal, timeout]))
+      // Kept beside its NAR once the NAR is in the store: the upstream's signed lines, the served URL.
+      options.store?.keepNarInfo(served.text)
       metrics.narinfoRequests.inc({ outcome: cached ? 'cached' : 'ok' })
       sendText(res, head, 200, served.text, NARINFO_TYPE)
     } catch (error) {
@@ -378,9 +406,10 @@ export function createProxy(options: ProxyOptions): Proxy {
     let stream: NarStream | undefined
     let outcome: NarOutcome = 'ok'
     let failure: unknown
+    const blame = options.peerMappings?.blame(hash, location)
     try {
       stream = await resolveNar(hash, {
-        backends,
+        backends: options.store ? options.store.backendsFor(hash, backends) : backends,
         signal,
         size: location?.size,
         // The standard name; each upstream that named the file otherwise is asked under its own name.
@@ -388,10 +417,17 @@ export function createProxy(options: ProxyOptions): Proxy {
         // HEAD sends no body, so the first byte of a copy is enough to answer; no need to fetch it whole.
         verifyFirstBelow: head ? 0 : verifyFirstBelow,
         stallTimeoutMs: options.stallTimeoutMs,
-        onEvent: tracker.onEvent,
+        onEvent: blame
+          ? (event) => {
+              tracker.onEvent(event)
+              blame(event)
+            }
+          : tracker.onEvent,
       })
     } catch (error) {
       failure = error
+      // A stored copy that failed verification before the first byte went out is dropped; Nix retries.
+      if (error instanceof NarHashMismatchError && error.sources.includes('store')) await options.store?.forget(hash)
       if (signal.aborted) outcome = 'aborted'
       else {
         const code = codeOf(error)
@@ -409,7 +445,8 @@ export function createProxy(options: ProxyOptions): Proxy {
           await stream[Symbol.asyncIterator]().return?.()
           res.end()
         } else {
-          await pipeline(Readable.from(holdLast(stream), { objectMode: false }), res)
+          const body = options.store ? options.store.tee(stream, route.path) : stream
+          await pipeline(Readable.from(holdLast(body), { objectMode: false }), res)
         }
       } catch (error) {
         failure = error
@@ -417,6 +454,7 @@ export function createProxy(options: ProxyOptions): Proxy {
         res.destroy()
         // Cutting the connection fires the request signal too, so the error's type decides, not the signal.
         if (error instanceof NarHashMismatchError) {
+          if (error.sources.includes('store')) await options.store?.forget(hash)
           outcome = 'hash_mismatch'
           metrics.streamMismatch(error.sources)
           tracker.streamFailed(error)

@@ -1,3 +1,5 @@
+import { MAPPINGS_PATH, routeMappings, type MappingsRoute } from './mappings-route.js'
+
 /** Nix's base-32 alphabet: hash parts and FileHashes use nothing else. */
 const NIX32 = '0123456789abcdfghijklmnpqrsvwxyz'
 const HASH_PART = new RegExp(`^[${NIX32}]{32}$`)
@@ -34,6 +36,7 @@ export type Route =
   /** `target` is relative to the cache: `log/<drv>`, `<hashpart>.ls`, `realisations/<id>.doi`, … */
   | { kind: 'passthrough'; what: PassthroughKind; target: string }
   | { kind: 'reject'; status: 400 | 404 | 405; reason: string }
+  | Exclude<MappingsRoute, { kind: 'reject' }>
 
 const reject = (status: 400 | 404 | 405, reason: string): Route => ({ kind: 'reject', status, reason })
 
@@ -47,7 +50,9 @@ export function routeRequest(method: string | undefined, target: string | undefi
   if (target.length > MAX_URL_LENGTH) return reject(400, `request target longer than ${MAX_URL_LENGTH}`)
   // Only origin-form targets; no Nix path needs escaping, so any '%' is an attempt to smuggle one.
   if (!target.startsWith('/') || target.startsWith('//')) return reject(400, 'not an origin-form request target')
-  if (/[%\\\0-\x20\x7f-\uffff]/.test(target)) return reject(400, 'escaped or unsafe characters in request target')
+  // The one exception: a `?since=` time that a client's URL builder escaped (`%3A` for ':').
+  const checked = target.startsWith(`${MAPPINGS_PATH}?`) ? target.replace(/%3A/gi, ':').replace(/%2B/gi, '+') : target
+  if (/[%\\\0-\x20\x7f-\uffff]/.test(checked)) return reject(400, 'escaped or unsafe characters in request target')
 
   const q = target.indexOf('?')
   const pathname = q === -1 ? target : target.slice(0, q)
@@ -63,6 +68,8 @@ export function routeRequest(method: string | undefined, target: string | undefi
     if (query !== '' && !NAR_QUERY.test(query)) return reject(400, 'unexpected query string')
     return { kind: 'nar', path: query === '' ? path : `${path}?${query}`, name: match[1]!, ext: match[2]! }
   }
+  const mappings = routeMappings(pathname, query)
+  if (mappings) return mappings.kind === 'reject' ? reject(mappings.status, mappings.reason) : mappings
   if (query !== '') return reject(404, 'no such resource')
   if (pathname.endsWith('.narinfo')) {
     const hashPart = pathname.slice(1, -'.narinfo'.length)

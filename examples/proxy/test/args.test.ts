@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { DEFAULT_PRIORITY, DEFAULT_VERIFY_FIRST_BELOW, parseProxyArgs, ProxyUsageError } from '../src/args.js'
+import { DEFAULT_PRIORITY, DEFAULT_STORE_MAX_BYTES, DEFAULT_VERIFY_FIRST_BELOW, parseProxyArgs, ProxyUsageError } from '../src/args.js'
 
 const key = 'narrace-test-1:YZ/zkSVchtgpVRzyLLqyMFCKorcByGwjUXf5v27jw8s='
 
@@ -38,7 +38,28 @@ describe('parseProxyArgs', () => {
         { upstream: 'http://127.0.0.1:1', name: 'x-api-key', value: 'k' },
       ],
       maxPassthroughBytes: 1000,
+      store: undefined,
+      storeMaxBytes: DEFAULT_STORE_MAX_BYTES,
+      donate: false,
+      mappingsFrom: [],
     })
+  })
+
+  it('reads the store, donation and mappings flags', () => {
+    const args = parseProxyArgs([
+      '--upstream', 'http://127.0.0.1:1',
+      '--store', 'cache',
+      '--store-max-bytes', '1000000',
+      '--donate',
+      '--torrent',
+      '--mappings-from', 'http://127.0.0.1:2/',
+      '--mappings-from', 'http://127.0.0.1:3',
+    ])
+    expect(args).toMatchObject({ store: 'cache', storeMaxBytes: 1_000_000, donate: true, mappingsFrom: ['http://127.0.0.1:2', 'http://127.0.0.1:3'] })
+    expect(() => parseProxyArgs(['--upstream', 'http://127.0.0.1:1', '--donate'])).toThrow(/--donate needs --store/)
+    expect(() => parseProxyArgs(['--upstream', 'http://127.0.0.1:1', '--store-max-bytes', '5'])).toThrow(/needs --store/)
+    expect(() => parseProxyArgs(['--upstream', 'http://127.0.0.1:1', '--store', 'x', '--store-max-bytes', '0'])).toThrow(/at least 1/)
+    expect(() => parseProxyArgs(['--upstream', 'http://127.0.0.1:1', '--mappings-from', 'ftp://x'])).toThrow(/--mappings-from/)
   })
 
   it('has defaults, and takes the separator pnpm passes through', () => {

@@ -168,6 +168,12 @@ export class NarStore {
     return { body: stream as AsyncIterable<Uint8Array>, size: record.size, offset }
   }
 
+  /** Whether the store holds a narinfo for this store hash part (and so its NAR). */
+  hasNarInfo(hashPart: string): boolean {
+    const known = this.narInfos.get(hashPart)
+    return known !== undefined && this.nars.has(known.fileHash)
+  }
+
   /** The narinfo text for a store hash part, as the cache signed it (its URL names the NAR here). */
   async narInfo(hashPart: string): Promise<string | undefined> {
     const known = this.narInfos.get(hashPart)

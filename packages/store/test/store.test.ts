@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { NarHashMismatchError, NarNotFoundError, NarSizeMismatchError, parseNarHash, resolveNar, type NarHash } from '@narrace/core'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { folderBytes } from './support/folder.js'
 import {
   InvalidNarUrlError,
   openStore,
@@ -44,17 +45,6 @@ function narInfoText(hash: NarHash, size: number, hashPart: string, url = `nar/$
     `StorePath: /nix/store/${hashPart}-example\nURL: ${url}\nCompression: xz\nFileHash: ${hash}\nFileSize: ${size}\n` +
     'NarHash: sha256:0yfs5pcq03glmihj53237vm91lr60bvn0bph97xba3x48qf15xw7\nNarSize: 56160\nReferences: \n'
   )
-}
-
-/** Every file under the folder, bookkeeping included, as `du --apparent-size` counts them. */
-async function folderBytes(path: string): Promise<number> {
-  let total = 0
-  for (const entry of await readdir(path, { withFileTypes: true }).catch(() => [])) {
-    const full = join(path, entry.name)
-    if (entry.isDirectory()) total += await folderBytes(full)
-    else total += (await stat(full).catch(() => undefined))?.size ?? 0
-  }
-  return total
 }
 
 describe('layout and verified entry', () => {

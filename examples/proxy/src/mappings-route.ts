@@ -1,0 +1,75 @@
+import type { ServerResponse } from 'node:http'
+import { once } from 'node:events'
+import { parseNarHash, type NarHash } from '@narrace/core'
+import { formatLocation, type NarIndex } from '@narrace/index'
+
+/** Where a proxy serves its mappings to peers. */
+export const MAPPINGS_PATH = '/narrace/v1/mappings'
+/** Lines one `?since=` answer holds at most; a peer asks again from the last `updatedAt` for more. @default 10000 */
+export const MAX_MAPPINGS_PER_ANSWER = 10_000
+const NDJSON_TYPE = 'application/x-ndjson'
+
+export type MappingsRoute =
+  | { kind: 'mapping'; fileHash: NarHash }
+  | { kind: 'mappings'; since: string }
+  | { kind: 'reject'; status: 400 | 404; reason: string }
+
+/**
+ * Routes `GET /narrace/v1/mappings/<FileHash>` (nix32, `sha256:<nix32>` or hex) and
+ * `GET /narrace/v1/mappings?since=<ISO 8601 time>`; undefined for any other path.
+ */
+export function routeMappings(pathname: string, query: string): MappingsRoute | undefined {
+  if (pathname === MAPPINGS_PATH) {
+    // Not URLSearchParams: it reads '+' as a space, and '+01:00' is a time zone here.
+    const match = /^since=([^&=]+)$/.exec(query)
+    let since: string
+    try {
+      since = decodeURIComponent(match?.[1] ?? '')
+    } catch {
+      since = ''
+    }
+    if (since === '') return { kind: 'reject', status: 400, reason: 'mappings needs ?since=<ISO time>' }
+    const time = Date.parse(since)
+    if (!/^\d{4}-\d\d-\d\d/.test(since) || Number.isNaN(time)) return { kind: 'reject', status: 400, reason: `'${since}' is not an ISO time` }
+    return { kind: 'mappings', since: new Date(time).toISOString() }
+  }
+  if (!pathname.startsWith(`${MAPPINGS_PATH}/`)) return undefined
+  if (query !== '') return { kind: 'reject', status: 404, reason: 'no such resource' }
+  try {
+    return { kind: 'mapping', fileHash: parseNarHash(pathname.slice(MAPPINGS_PATH.length + 1)) }
+  } catch {
+    return { kind: 'reject', status: 400, reason: 'not a FileHash' }
+  }
+}
+
+/** One mapping as one NDJSON line (the `narrace index export` format), or 404. Gone mappings are served too: peers learn it. */
+export function serveMapping(index: NarIndex, fileHash: NarHash, res: ServerResponse, head: boolean): void {
+  const location = index.get(fileHash)
+  if (!location) {
+    const body = 'no mapping\n'
+    res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body) })
+    res.end(head ? undefined : body)
+    return
+  }
+  const body = `${formatLocation(location)}\n`
+  res.writeHead(200, { 'content-type': NDJSON_TYPE, 'content-length': Buffer.byteLength(body) })
+  res.end(head ? undefined : body)
+}
+
+/**
+ * Every mapping changed at or after `since`, oldest first, as NDJSON, at most `MAX_MAPPINGS_PER_ANSWER`
+ * lines. Written at the client's pace: a client that does not read holds one socket buffer, not the index.
+ */
+export async function serveMappingsSince(index: NarIndex, since: string, res: ServerResponse, head: boolean, signal: AbortSignal): Promise<void> {
+  res.writeHead(200, { 'content-type': NDJSON_TYPE })
+  if (head) {
+    res.end()
+    return
+  }
+  let lines = 0
+  for await (const line of index.exportSince(since)) {
+    if (signal.aborted || lines++ >= MAX_MAPPINGS_PER_ANSWER) break
+    if (!res.write(`${line}\n`)) await Promise.race([once(res, 'drain'), once(res, 'close')])
+  }
+  res.end()
+}
