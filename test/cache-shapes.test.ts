@@ -1,7 +1,9 @@
 import { parseNarHash } from '@narrace/core'
 import { compressionExtension, parseNarInfo, rewriteNarInfo, verifyNarInfo } from '@narrace/narinfo'
 import { createHash } from 'node:crypto'
+import { pino } from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createProxy } from '../examples/proxy/src/index.js'
 import { get } from '../examples/proxy/test/support/client.js'
 import { fixtures } from './fixtures/index.js'
 import { CACHE_SHAPES, SHAPED_PATHS, shapedNarInfo } from './support/cache-shapes.js'
@@ -57,5 +59,68 @@ describe('the shape server', () => {
     }
     expect(servers[CACHE_SHAPES.indexOf('harmonia')]!.targets.some((t) => /^nar\/\w{52}\.nar\?hash=\w{32}$/.test(t))).toBe(true)
     expect(servers[CACHE_SHAPES.indexOf('snix')]!.targets.some((t) => /^nar\/snix-castore\/[\w-]+\?narsize=\d+$/.test(t))).toBe(true)
+  })
+})
+
+describe('the proxy over a compressed file without FileHash', () => {
+  it('prefers an upstream whose narinfo names a verifiable file, whichever answers first', async () => {
+    const small = fixtures.path('small')
+    const bare = await startShapeServer({ shape: 'nix-xz', only: ['small'] })
+    const named = await startShapeServer({ shape: 'nix-zstd', only: ['small'] })
+    const text = fixtures.narinfoText('small').replace(/^FileHash: .*\n/m, '')
+    bare.setFile(`${small.hashPart}.narinfo`, { body: Buffer.from(text), type: 'text/x-nix-narinfo' })
+    const proxies = [bare.url, named.url].map((first, i) =>
+      createProxy({ logger: pino({ level: 'silent' }), upstreams: i === 0 ? [first, named.url] : [first, bare.url], trustedPublicKeys: trusted }),
+    )
+    try {
+      for (const proxy of proxies) {
+        await proxy.listen()
+        const served = (await get(`${proxy.url}/${small.hashPart}.narinfo`)).body.toString()
+        expect(served).toMatch(/^Compression: zstd$/m)
+        expect(served).toMatch(/^URL: nar\/[0-9a-z]{52}\.nar\.zst$/m)
+      }
+      // Alone, the bare one is served under its hash part, to be passed through unverified.
+      const alone = createProxy({ logger: pino({ level: 'silent' }), upstreams: [bare.url], trustedPublicKeys: trusted })
+      proxies.push(alone)
+      await alone.listen()
+      const served = (await get(`${alone.url}/${small.hashPart}.narinfo`)).body.toString()
+      expect(served).toBe(text.replace(/^URL: .*$/m, `URL: nar/${small.hashPart}.nar.xz`))
+      const nar = await get(`${alone.url}/nar/${small.hashPart}.nar.xz`)
+      expect(nar.status).toBe(200)
+      expect(createHash('sha256').update(nar.body).digest('hex')).toBe(small.fileHashHex)
+    } finally {
+      await Promise.all(proxies.map((p) => p.close()))
+      await Promise.all([bare.close(), named.close()])
+    }
+  })
+})
+
+describe('credentials of a private upstream', () => {
+  it('go with every request to it, and never with a redirect to another origin', async () => {
+    const token = 'Bearer t0k3n'
+    const small = fixtures.path('small')
+    const locked = await startShapeServer({ shape: 'cachix', only: ['small'], authorization: token })
+    const elsewhere = await startShapeServer({})
+    const narinfo = parseNarInfo(Buffer.from(locked.file(`${small.hashPart}.narinfo`)!.body).toString())
+    elsewhere.setFile('moved.nar.zst', locked.file(narinfo.url)!)
+    locked.setFile(narinfo.url, { body: Buffer.alloc(0), type: 'text/plain', status: 302, headers: { location: `${elsewhere.url}moved.nar.zst` } })
+    const proxy = createProxy({
+      logger: pino({ level: 'silent' }),
+      upstreams: [locked.url],
+      trustedPublicKeys: trusted,
+      upstreamHeaders: { [locked.url]: { authorization: token } },
+    })
+    try {
+      await proxy.listen()
+      const served = parseNarInfo((await get(`${proxy.url}/${small.hashPart}.narinfo`)).body.toString())
+      // Whether the redirect is followed or refused, the token stays with its own origin.
+      await get(`${proxy.url}/${served.url}`)
+      expect(locked.requests.length).toBeGreaterThanOrEqual(3)
+      expect(locked.requests.every((r) => r.headers.authorization === token)).toBe(true)
+      expect(elsewhere.requests.filter((r) => r.headers.authorization !== undefined)).toEqual([])
+    } finally {
+      await proxy.close()
+      await Promise.all([locked.close(), elsewhere.close()])
+    }
   })
 })

@@ -26,7 +26,7 @@ import { serveMapping, serveMappingsSince } from './mappings-route.js'
 import { passthroughCounter, racePassthrough, servePassthrough } from './passthrough.js'
 import type { PeerMappings } from './peer-mappings.js'
 import { routeRequest, type Route } from './routes.js'
-import { learnNarInfo, servedNarInfo, type ServedNarInfo } from './served-narinfo.js'
+import { learnNarInfo, resolveServedNarInfo, servedNarInfo, type ServedNarInfo } from './served-narinfo.js'
 import type { ProxyStore } from './store-wiring.js'
 import { serveUnverifiedNar } from './unverified-nar.js'
 import { perUpstreamUrls, type UpstreamNames } from './upstream-backends.js'
@@ -302,13 +302,12 @@ export function createProxy(options: ProxyOptions): Proxy {
   async function lookupNarInfo(hashPart: string, signal: AbortSignal): Promise<{ served: ServedNarInfo; cached: boolean }> {
     const cached = narInfos.get(hashPart)
     if (cached && cached.expires > performance.now()) return { served: cached.served, cached: true }
-    const found = await resolveNarInfo(hashPart, {
-      caches: options.upstreams,
+    const served = await resolveServedNarInfo(hashPart, {
+      upstreams: options.upstreams,
       trustedKeys,
       signal,
       dispatcher: upstreamDispatcher,
     })
-    const served = servedNarInfo(found.cache, found.narInfo, found.text, hashPart)
     names.learn(served)
     if (narInfoTtlMs > 0) {
       narInfos.delete(hashPart)

@@ -1,6 +1,8 @@
 import type { NarHash } from '@narrace/core'
+import { resolveNarInfo } from '@narrace/http'
 import type { NarIndex } from '@narrace/index'
 import { compressionExtension, rewriteNarInfo, type NarInfo } from '@narrace/narinfo'
+import type { Dispatcher } from 'undici'
 
 /** A narinfo as the proxy serves it, and what it learned from it. */
 export interface ServedNarInfo {
@@ -47,4 +49,34 @@ export function learnNarInfo(index: NarIndex, served: ServedNarInfo): void {
   if (served.fileSize !== undefined) location.size = served.fileSize
   index.put(location)
   index.setUpstreamUrl(served.fileHash, served.upstream, served.narInfo.url)
+}
+
+export interface ResolveServedOptions {
+  upstreams: readonly string[]
+  trustedKeys: string[] | undefined
+  dispatcher: Dispatcher
+  signal: AbortSignal
+}
+
+/**
+ * Races the upstreams for `hashPart`'s narinfo (resolveNarInfo: signature checked) and gives its served
+ * form. When the winner names no verifiable file (compressed, no FileHash), the other upstreams are asked
+ * too, and one that does is preferred: a verified race beats a file passed through on trust. Rejects as
+ * resolveNarInfo does.
+ */
+export async function resolveServedNarInfo(hashPart: string, options: ResolveServedOptions): Promise<ServedNarInfo> {
+  const ask = async (caches: string[]): Promise<ServedNarInfo> => {
+    const found = await resolveNarInfo(hashPart, {
+      caches,
+      trustedKeys: options.trustedKeys,
+      signal: options.signal,
+      dispatcher: options.dispatcher,
+    })
+    return servedNarInfo(found.cache, found.narInfo, found.text, hashPart)
+  }
+  const served = await ask([...options.upstreams])
+  const others = options.upstreams.filter((upstream) => upstream !== served.upstream)
+  if (served.fileHash || others.length === 0) return served
+  const better = await ask(others).catch(() => undefined)
+  return better?.fileHash ? better : served
 }
