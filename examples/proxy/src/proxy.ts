@@ -385,7 +385,13 @@ export function createProxy(options: ProxyOptions): Proxy {
         }
       } catch (error) {
         if (signal.aborted) return undefined
-        logger.warn({ nar: route.path, err: error }, 'narinfo for an unverified NAR failed')
+        if (!isNotFound(error)) {
+          // An outage is not "not here": Nix must not take it for a missing file.
+          logger.warn({ nar: route.path, err: error }, 'narinfo for an unverified NAR failed')
+          metrics.requests.inc({ outcome: 'failed' })
+          sendText(res, head, 503, `${message(error)}\n`)
+          return undefined
+        }
       } finally {
         done()
       }

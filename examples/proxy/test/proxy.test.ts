@@ -297,6 +297,13 @@ describe('the substituter proxy', () => {
     expect(upstream.requests).toHaveLength(0)
   })
 
+  it('answers a NAR named by a hash part 404 when no upstream has its narinfo, 503 when none can be asked', async () => {
+    const proxy = await start()
+    expect((await get(`${proxy.url}/nar/${'0'.repeat(32)}.nar.xz`)).status).toBe(404)
+    const down = await start({ upstreams: [await refusedUrl()] })
+    expect((await get(`${down.url}/nar/${small.hashPart}.nar.xz`)).status).toBe(503)
+  })
+
   it('still serves a NAR URL that an earlier version passed through, when the index knows it', async () => {
     // Written as older versions wrote it: the URL in the mapping itself, no per-upstream name.
     const index = openIndex()
