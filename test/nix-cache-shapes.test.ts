@@ -161,21 +161,21 @@ describe.skipIf(!nixAvailable)('every cache shape through the proxy, with real N
      * Nix asks the first proxy for the narinfo only (`nix path-info`, which keeps them in Nix's own disk
      * cache); then the proxy restarts on the same address, and Nix asks the new one for the NARs alone.
      */
-    async function acrossRestart(shape: CacheShape, index: string): Promise<NixRun> {
-      const flags = ['--upstream', server(shape).url, '--trusted-public-key', key, '--index', index]
+    async function acrossRestart(upstream: string, index: string, paths = everyPath, wanted = roots): Promise<NixRun> {
+      const flags = ['--upstream', upstream, '--trusted-public-key', key, '--index', index]
       const first = await startProxy(flags)
       const port = new URL(first.url).port
       let store: string
       try {
-        ok(await nix.run('nix', ['path-info', '--store', first.url, '--option', 'trusted-public-keys', key, ...everyPath]))
+        ok(await nix.run('nix', ['path-info', '--store', first.url, '--option', 'trusted-public-keys', key, ...paths]))
       } finally {
         expect(await first.stop()).toBe(0)
       }
       const second = await startProxy(['--listen', `127.0.0.1:${port}`, ...flags])
       try {
         store = nix.store()
-        const run = await nix.copyFrom(second.url, store, roots, key, { 'require-sigs': 'true' })
-        if (run.code === 0) for (const path of everyPath) ok(await nix.run('nix-store', ['--store', store, '--verify-path', path]))
+        const run = await nix.copyFrom(second.url, store, wanted, key, { 'require-sigs': 'true' })
+        if (run.code === 0) for (const path of paths) ok(await nix.run('nix-store', ['--store', store, '--verify-path', path]))
         const metrics = (await get(`${second.url}/metrics`)).body.toString()
         // Nix took every narinfo from its own cache: the restarted proxy was asked for NARs only.
         expect(sample(metrics, 'narrace_narinfo_requests_total')).toBe(0)
@@ -186,11 +186,25 @@ describe.skipIf(!nixAvailable)('every cache shape through the proxy, with real N
     }
 
     it.each(CACHE_SHAPES)('%s: Nix gets every NAR whose narinfo it cached before the restart', async (shape) => {
-      ok(await acrossRestart(shape, join(dir, `${shape}.sqlite`)))
+      ok(await acrossRestart(server(shape).url, join(dir, `${shape}.sqlite`)))
+    })
+
+    it('a compressed file without FileHash, served under its hash part, is found again through its narinfo', async () => {
+      const bare = await startShapeServer({ shape: 'cachix', only: ['small'] })
+      try {
+        const small = fixtures.path('small')
+        const target = `${small.hashPart}.narinfo`
+        const text = Buffer.from(bare.file(target)!.body).toString().replace(/^FileHash: .*\n/m, '')
+        bare.setFile(target, { body: Buffer.from(text), type: 'text/x-nix-narinfo' })
+        ok(await acrossRestart(bare.url, join(dir, 'bare.sqlite'), [small.storePath], [small.storePath]))
+        expect(bare.requests.filter((r) => r.target.startsWith('nar/') && r.status !== 200)).toEqual([])
+      } finally {
+        await bare.close()
+      }
     })
 
     it('without an index (--index :memory:), a cachix NAR is not found after the restart: the index is what keeps it', async () => {
-      const run = await acrossRestart('cachix', ':memory:')
+      const run = await acrossRestart(server('cachix').url, ':memory:')
       expect(run.code).not.toBe(0)
     })
   })
