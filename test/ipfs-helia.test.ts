@@ -118,6 +118,15 @@ describe('ipfsBackend over Helia bitswap', () => {
     expect(source.offset).toBe(offset)
     expect(source.size).toBe(fixture.fileSize)
     expect((await readAll(source.body)).equals(file.subarray(offset))).toBe(true)
+
+    // A range across block boundaries, end exclusive, for striping.
+    const range = await backend.fetch(parseNarHash(fixture.fileHash), {
+      signal: AbortSignal.timeout(20_000),
+      offset: 1_000_000,
+      end: 2_200_001,
+    })
+    expect(range).toMatchObject({ offset: 1_000_000, ranges: true })
+    expect((await readAll(range.body)).equals(file.subarray(1_000_000, 2_200_001))).toBe(true)
   })
 
   it('refuses at once a large NAR with no mapping', async () => {

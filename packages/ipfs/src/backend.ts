@@ -57,7 +57,8 @@ function saysNotFound(error: unknown, depth = 0): boolean {
 /**
  * A backend that reads a file from IPFS by its FileHash, through Kubo's RPC API or an embedded Helia node.
  * The CID comes from the index if it has one; otherwise it is the raw CID of the FileHash (`narCid`),
- * tried only when the file can be a single block. Offsets are passed on to `cat` and honoured.
+ * tried only when the file can be a single block. Offsets and ends are passed on to `cat` as offset and
+ * length and honoured, so resolveNar may stripe over IPFS.
  */
 export function ipfsBackend(options: IpfsBackendOptions = {}): NarBackend {
   const node = ipfsNode(options)
@@ -90,7 +91,8 @@ export function ipfsBackend(options: IpfsBackendOptions = {}): NarBackend {
     name,
     async fetch(hash, options): Promise<NarSource> {
       // resolveNar always passes a NarHash and a signal; a direct caller may not.
-      const { offset = 0, size: requestSize } = options ?? {}
+      const { offset = 0, size: requestSize, end } = options ?? {}
+      const length = end !== undefined && end > offset ? end - offset : undefined
       const signal = options?.signal ?? new AbortController().signal
       if (signal.aborted) throw signal.reason
       const { cid, size } = lookup(parseNarHash(hash), requestSize)
@@ -104,11 +106,11 @@ export function ipfsBackend(options: IpfsBackendOptions = {}): NarBackend {
       }
       let iterator: AsyncIterator<Uint8Array> | undefined
       try {
-        iterator = node.cat(cid, { offset, signal: controller.signal })[Symbol.asyncIterator]()
+        iterator = node.cat(cid, { offset, length, signal: controller.signal })[Symbol.asyncIterator]()
         const first = await firstChunk(iterator, controller, () => {
           return new NarNotFoundError(`${name}: no IPFS provider sent a byte of ${cid} (${hash}) within ${firstByteTimeoutMs} ms`)
         })
-        const source: NarSource = { body: rest(first, iterator, release), offset }
+        const source: NarSource = { body: rest(first, iterator, release), offset, ranges: true }
         if (size !== undefined) source.size = size
         return source
       } catch (error) {

@@ -22,17 +22,26 @@ export interface IpfsNodeOptions {
   helia?: Pick<Helia, 'blockstore'>
 }
 
-/** What narrace needs from an IPFS node: stream a file from an offset, and add one. */
+/** What narrace needs from an IPFS node: stream a range of a file (the rest without `length`), and add one. */
 export interface IpfsNode {
   readonly kind: 'kubo' | 'helia'
-  cat(cid: CID, options: { offset: number; signal: AbortSignal }): AsyncIterable<Uint8Array>
+  cat(cid: CID, options: { offset: number; length?: number | undefined; signal: AbortSignal }): AsyncIterable<Uint8Array>
   add(content: Uint8Array | AsyncIterable<Uint8Array>, options: { signal?: AbortSignal }): Promise<CID>
+}
+
+/** Kubo's and Helia's cat take the same range options; an offset of 0 is left out, as some nodes want. */
+function catOptions(
+  offset: number,
+  length: number | undefined,
+  signal: AbortSignal,
+): { offset?: number; length?: number; signal: AbortSignal } {
+  return { ...(offset > 0 && { offset }), ...(length !== undefined && { length }), signal }
 }
 
 function kuboNode(client: KuboRPCClient): IpfsNode {
   return {
     kind: 'kubo',
-    cat: (cid, { offset, signal }) => client.cat(cid, offset > 0 ? { offset, signal } : { signal }),
+    cat: (cid, { offset, length, signal }) => client.cat(cid, catOptions(offset, length, signal)),
     async add(content, { signal }) {
       const result = await client.add(content, {
         cidVersion: 1,
@@ -51,7 +60,7 @@ function heliaNode(helia: Pick<Helia, 'blockstore'>): IpfsNode {
   const addOptions = { cidVersion: 1, rawLeaves: true, chunker: fixedSize({ chunkSize: CHUNK_SIZE }) } as const
   return {
     kind: 'helia',
-    cat: (cid, { offset, signal }) => fs.cat(cid, offset > 0 ? { offset, signal } : { signal }),
+    cat: (cid, { offset, length, signal }) => fs.cat(cid, catOptions(offset, length, signal)),
     add: (content, { signal }) =>
       content instanceof Uint8Array
         ? fs.addBytes(content, { ...addOptions, ...(signal ? { signal } : {}) })

@@ -16,7 +16,7 @@ interface CatCall {
 function fakeKubo(files: Map<string, Uint8Array>, behaviour: 'serve' | 'hang' | 'deaf' = 'serve') {
   const calls: CatCall[] = []
   const client = {
-    async *cat(cid: CID, options: { offset?: number; signal: AbortSignal }) {
+    async *cat(cid: CID, options: { offset?: number; length?: number; signal: AbortSignal }) {
       calls.push({ cid: cid.toString(), offset: options.offset, signal: options.signal })
       if (behaviour === 'deaf') await new Promise(() => {})
       if (behaviour === 'hang') {
@@ -26,7 +26,8 @@ function fakeKubo(files: Map<string, Uint8Array>, behaviour: 'serve' | 'hang' | 
       }
       const file = files.get(cid.toString())
       if (!file) throw new Error(`block was not found locally (offline): ipld: could not find ${cid}`)
-      const body = file.subarray(options.offset ?? 0)
+      const from = options.offset ?? 0
+      const body = file.subarray(from, options.length === undefined ? undefined : from + options.length)
       for (let at = 0; at < body.length; at += 1000) yield body.subarray(at, at + 1000)
     },
   }
@@ -91,6 +92,13 @@ describe('ipfsBackend lookup', () => {
     expect(source.offset).toBe(1234)
     expect(calls[0]!.offset).toBe(1234)
     expect((await readAll(source.body)).equals(Buffer.from(small.subarray(1234)))).toBe(true)
+  })
+
+  it('passes a range to cat as offset and length, and says it serves ranges', async () => {
+    const { client } = fakeKubo(new Map([[narCid(smallHash).toString(), small]]))
+    const source = await ipfsBackend({ api: client }).fetch(smallHash, { signal: signal(), offset: 1234, end: 5000 })
+    expect(source).toMatchObject({ offset: 1234, ranges: true })
+    expect((await readAll(source.body)).equals(Buffer.from(small.subarray(1234, 5000)))).toBe(true)
   })
 
   it('maps "not found" to NarNotFoundError and other failures to NarBackendError', async () => {

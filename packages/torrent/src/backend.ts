@@ -119,6 +119,8 @@ class TorrentBody implements AsyncIterableIterator<Uint8Array> {
   constructor(
     private readonly file: WebTorrentFile,
     private readonly start: number,
+    /** Exclusive; undefined for the rest of the file. */
+    private readonly end: number | undefined,
     private readonly signal: AbortSignal,
     private readonly lease: Lease,
   ) {
@@ -140,7 +142,8 @@ class TorrentBody implements AsyncIterableIterator<Uint8Array> {
       await this.finish()
       return { done: true, value: undefined }
     }
-    this.inner ??= this.file[Symbol.asyncIterator]({ start: this.start })
+    // webtorrent's end is inclusive, and fetches only the pieces of the range.
+    this.inner ??= this.file[Symbol.asyncIterator](this.end === undefined ? { start: this.start } : { start: this.start, end: this.end - 1 })
     try {
       const step = await raceSignal(this.inner.next(), this.signal)
       if (step.done) await this.finish()
@@ -214,7 +217,8 @@ class TorrentBackendImpl implements TorrentBackend {
     try {
       await this.whenReady(lease.torrent, hash, failed)
       const file = this.check(lease.torrent, hash, options.size, location)
-      return { body: new TorrentBody(file, offset, failed, lease), offset, size: file.length }
+      const end = options.end !== undefined && options.end < file.length ? options.end : undefined
+      return { body: new TorrentBody(file, offset, end, failed, lease), offset, size: file.length, ranges: true }
     } catch (error) {
       void lease.release()
       throw error
@@ -383,7 +387,7 @@ class TorrentBackendImpl implements TorrentBackend {
 
 /**
  * A backend that finds a NAR's torrent through the mapping index and streams its one file with
- * webtorrent from the requested offset. An infohash is never the FileHash, so a file with no mapping is
+ * webtorrent from the requested offset, up to the requested end (so resolveNar may stripe over it). An infohash is never the FileHash, so a file with no mapping is
  * NarNotFoundError at once; resolveNar verifies the SHA-256 of whatever the swarm sends.
  */
 export function torrentBackend(options: TorrentBackendOptions): TorrentBackend {

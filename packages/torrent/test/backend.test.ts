@@ -75,6 +75,13 @@ describe('torrentBackend', () => {
     expect((await collect(source.body)).equals(large.bytes.subarray(1000))).toBe(true)
   })
 
+  it('streams only the requested range, end exclusive, and says it serves ranges', async () => {
+    const { backend: b } = await backend()
+    const source = await b.fetch(large.hash, { signal: signal(), offset: 70_000, end: 1_200_001, size: large.bytes.length })
+    expect(source).toMatchObject({ offset: 70_000, size: large.bytes.length, ranges: true })
+    expect((await collect(source.body)).equals(large.bytes.subarray(70_000, 1_200_001))).toBe(true)
+  })
+
   it('rejects a torrent whose length disagrees with the FileSize', async () => {
     const { backend: b } = await backend()
     const fetching = b.fetch(small.hash, { signal: signal(), size: small.bytes.length + 1 })
