@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 import { encodeNix32 } from '@narrace/core'
 import { createHash } from 'node:crypto'
-import { forkEntry } from './child.js'
+import { answerParent, spawnRpc } from './child.js'
 import { makeNar } from './data.js'
 
 /** Behaviour of a bench binary cache that scenarios switch at run time. */
@@ -23,7 +23,7 @@ export interface ServedNar {
   url: string
 }
 
-/** A minimal Nix binary cache over HTTP/1.1 with keep-alive and `Range: bytes=N-`. */
+/** A minimal Nix binary cache over HTTP/1.1 with keep-alive and `Range: bytes=N-` or `bytes=N-M`. */
 export interface NarServer {
   readonly url: string
   add(size: number, seed: number): Promise<ServedNar>
@@ -67,17 +67,20 @@ export async function startNarServer(behaviour: CacheBehaviour = {}): Promise<Na
       res.end()
       return
     }
-    const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? '')
+    const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '')
     const start = range && !current.noRange ? Number(range[1]) : 0
-    if (start >= body.length && start > 0) {
+    // The last byte asked for is inclusive; a range past the end stops at it.
+    const stop = range && !current.noRange && range[2] ? Math.min(body.length, Number(range[2]) + 1) : body.length
+    if ((start >= body.length && start > 0) || stop <= start) {
       res.statusCode = 416
       res.end()
       return
     }
     res.statusCode = range && !current.noRange ? 206 : 200
     res.setHeader('content-type', 'application/x-nix-nar')
-    res.setHeader('content-length', body.length - start)
-    if (res.statusCode === 206) res.setHeader('content-range', `bytes ${start}-${body.length - 1}/${body.length}`)
+    res.setHeader('content-length', stop - start)
+    if (!current.noRange) res.setHeader('accept-ranges', 'bytes')
+    if (res.statusCode === 206) res.setHeader('content-range', `bytes ${start}-${stop - 1}/${body.length}`)
     if (req.method === 'HEAD') {
       res.end()
       return
@@ -85,8 +88,8 @@ export async function startNarServer(behaviour: CacheBehaviour = {}): Promise<Na
     // Slices of 1 MiB let backpressure work without copying the file.
     let offset = start
     const pump = (): void => {
-      while (offset < body.length) {
-        const end = Math.min(body.length, offset + 1024 * 1024)
+      while (offset < stop) {
+        const end = Math.min(stop, offset + 1024 * 1024)
         const more = res.write(body.subarray(offset, end))
         offset = end
         if (!more) {
@@ -128,7 +131,6 @@ type Request =
   | { id: number; op: 'narinfo'; hashPart: string; text: string }
   | { id: number; op: 'set'; behaviour: CacheBehaviour }
 
-type Reply = { id: number; result?: unknown; error?: string }
 /** A request before it gets its id; distributes over the union. */
 type Call<T = Request> = T extends unknown ? Omit<T, 'id'> : never
 
@@ -137,59 +139,26 @@ type Call<T = Request> = T extends unknown ? Omit<T, 'id'> : never
  * on 2 cores, the server gets one and narrace the other.
  */
 export async function spawnNarServer(behaviour: CacheBehaviour = {}): Promise<NarServer> {
-  const child = forkEntry('server-main', [JSON.stringify(behaviour)])
-  const pending = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>()
-  let next = 0
-  child.on('message', (message: Reply | { ready: string }) => {
-    if ('ready' in message) return
-    const waiter = pending.get(message.id)
-    pending.delete(message.id)
-    if (message.error !== undefined) waiter?.reject(new Error(message.error))
-    else waiter?.resolve(message.result)
-  })
-  child.once('exit', (code) => {
-    for (const waiter of pending.values()) waiter.reject(new Error(`bench server exited with ${code}`))
-    pending.clear()
-  })
-  const [ready] = (await once(child, 'message')) as [{ ready: string }]
-  const call = <T>(request: Call): Promise<T> =>
-    new Promise<T>((resolve, reject) => {
-      const id = next++
-      pending.set(id, { resolve: resolve as (value: unknown) => void, reject })
-      child.send({ ...request, id })
-    })
+  const child = await spawnRpc<Call>('server-main', [JSON.stringify(behaviour)])
   return {
-    url: ready.ready,
-    add: (size, seed) => call<ServedNar>({ op: 'add', size, seed }),
-    addNarInfo: (hashPart, text) => call<void>({ op: 'narinfo', hashPart, text }),
-    set: (next) => call<void>({ op: 'set', behaviour: next }),
-    async close() {
-      if (child.exitCode !== null || child.signalCode !== null) return
-      const exited = once(child, 'exit')
-      child.kill('SIGTERM')
-      await exited
-    },
+    url: child.ready as string,
+    add: (size, seed) => child.call<ServedNar>({ op: 'add', size, seed }),
+    addNarInfo: (hashPart, text) => child.call<void>({ op: 'narinfo', hashPart, text }),
+    set: (next) => child.call<void>({ op: 'set', behaviour: next }),
+    close: () => child.close(),
   }
 }
 
 /** The body of the child process started by {@link spawnNarServer}. */
 export async function serveFromChild(): Promise<void> {
   const server = await startNarServer(JSON.parse(process.argv[2] ?? '{}') as CacheBehaviour)
-  process.on('message', (request: Request) => {
-    const run = async (): Promise<unknown> => {
+  answerParent<Request>(
+    server.url,
+    async (request) => {
       if (request.op === 'add') return server.add(request.size, request.seed)
       if (request.op === 'narinfo') return server.addNarInfo(request.hashPart, request.text)
       return server.set(request.behaviour)
-    }
-    run().then(
-      (result) => process.send!({ id: request.id, result }),
-      (error: unknown) => process.send!({ id: request.id, error: String(error) }),
-    )
-  })
-  // An orphan (the bench crashed) must not keep serving.
-  process.once('disconnect', () => process.exit(0))
-  process.once('SIGTERM', () => {
-    server.close().finally(() => process.exit(0))
-  })
-  process.send!({ ready: server.url })
+    },
+    () => server.close(),
+  )
 }

@@ -31,6 +31,11 @@ export interface ShaperFaults {
   cutAfterBytes?: number
   /** Reset every new connection right after accepting it. */
   refuse?: boolean
+  /**
+   * Forward this many bytes over all connections together, then cut every connection open at that moment;
+   * later connections go through. A download spread over several connections loses all of them at once.
+   */
+  cutAllAfterBytes?: number
 }
 
 /** Where a shaper forwards to, over what network, with which faults. */
@@ -155,6 +160,7 @@ export async function startShaper(options: ShaperOptions): Promise<Shaper> {
   let faults: ShaperFaults = { ...options }
   let bytesDown = 0
   let connections = 0
+  let cutAll = false
   const sockets = new Set<Socket>()
   const lanes = new Set<Lane>()
   // One link per shaper: parallel connections share its bandwidth, as they would share a real line.
@@ -182,8 +188,16 @@ export async function startShaper(options: ShaperOptions): Promise<Shaper> {
       let down = 0
       const allowDown = (length: number): number => {
         const limit = Math.min(current.stallAfterBytes ?? Infinity, current.cutAfterBytes ?? Infinity)
-        const allowed = Math.max(0, Math.min(length, limit - down))
+        const left = current.cutAllAfterBytes === undefined || cutAll ? Infinity : current.cutAllAfterBytes - bytesDown
+        const allowed = Math.max(0, Math.min(length, limit - down, left))
         down += allowed
+        if (!cutAll && current.cutAllAfterBytes !== undefined && bytesDown + allowed >= current.cutAllAfterBytes) {
+          cutAll = true
+          const open = [...sockets]
+          setImmediate(() => {
+            for (const socket of open) socket.destroy()
+          })
+        }
         if (current.cutAfterBytes !== undefined && down >= current.cutAfterBytes) {
           // The last allowed bytes still leave: end() flushes them, then the client sees a short body.
           setImmediate(() => {
@@ -232,6 +246,7 @@ export async function startShaper(options: ShaperOptions): Promise<Shaper> {
     },
     setFaults(next) {
       faults = { ...next }
+      cutAll = false
     },
     async close() {
       for (const lane of lanes) lane.stop()

@@ -132,7 +132,7 @@ export async function measureIpfs({ signal, log, sizes, closer }: MeasureOptions
 }
 
 /** An HTTP tracker on 127.0.0.1, with UDP and WebSocket off. */
-async function startTracker(closer: Closer): Promise<string[]> {
+export async function startTracker(closer: Closer): Promise<string[]> {
   const { Server } = await import('bittorrent-tracker')
   const server = new Server({ http: true, udp: false, ws: false, stats: false })
   server.on('warning', () => {})

@@ -73,7 +73,7 @@ export class SourceStream {
   /** Whether the backend says it serves ranges. */
   ranges = false
   private iterator: AsyncIterator<Uint8Array> | undefined
-  /** The first chunk, read by connect() and not yet returned. */
+  /** The first chunk, read by connect(), or the rest of one cut at `end`: not returned yet. */
   private held: Uint8Array | undefined
   private skip = 0
   private closed = false
@@ -136,12 +136,12 @@ export class SourceStream {
 
   /** The next chunk at `position`, or undefined at the body's end or at `end`. */
   async read(): Promise<Uint8Array | undefined> {
-    if (this.held) {
-      const chunk = this.take(this.held)
-      this.held = undefined
-      return chunk
-    }
     if (this.end !== undefined && this.position >= this.end) return undefined
+    if (this.held) {
+      const chunk = this.held
+      this.held = undefined
+      return this.take(chunk)
+    }
     this.beginWait()
     try {
       const chunk = await this.next()
@@ -170,9 +170,12 @@ export class SourceStream {
     return this.closed
   }
 
-  /** Hands out a chunk, cut at `end`. */
+  /** Hands out a chunk, cut at `end`; the rest is kept, for when `end` moves on. */
   private take(chunk: Uint8Array): Uint8Array {
-    if (this.end !== undefined && this.position + chunk.length > this.end) chunk = chunk.subarray(0, this.end - this.position)
+    if (this.end !== undefined && this.position + chunk.length > this.end) {
+      this.held = chunk.subarray(this.end - this.position)
+      chunk = chunk.subarray(0, this.end - this.position)
+    }
     this.position += chunk.length
     return chunk
   }

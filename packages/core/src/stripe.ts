@@ -4,12 +4,19 @@ import type { Entry } from './race.js'
 import { LostRaceError, noop, wrap, type SourceStream } from './source.js'
 import type { NarEventType } from './types.js'
 
-/** A segment is never smaller than this, unless the buffer is: each one costs a request. */
-const MIN_SEGMENT_BYTES = 1 << 20
+/** A segment is never smaller than this, unless the buffer is: each one costs a request, queues included. */
+const MIN_SEGMENT_BYTES = 4 << 20
 /** Nor larger than this, so that a slow source never holds much of the file. */
 const MAX_SEGMENT_BYTES = 8 << 20
-/** Segments per connection over the rest of the file: enough to even out unequal sources. */
-const SEGMENTS_PER_CONNECTION = 4
+/**
+ * Each segment is the rest divided by this many per connection: segments shrink toward the end of the
+ * file, so that the last ones, which decide when it is done, are small.
+ */
+const SHARE_PER_CONNECTION = 2
+/** A source fails this many times per connection in a row, without a segment done, before it is out. */
+const MAX_FAILURES_PER_CONNECTION = 2
+/** A hedge starts only when the source holding the segment would take this many times as long as the hedge. */
+const HEDGE_FACTOR = 2
 /** How often idle connections look for a segment to hedge. */
 const HEDGE_CHECK_MS = 50
 /** A source is compared by its rate only after it has streamed this long. */
@@ -19,6 +26,7 @@ const MIN_RATE_SAMPLE_MS = 50
 export interface StripeHost {
   readonly signal: AbortSignal | undefined
   emit(type: NarEventType, backend: string, error?: unknown): void
+  /** Counts a failure; a source that has no copy, or lies, is out for good. */
   strike(entry: Entry, error: unknown): void
   /** Every backend that is not out for good. */
   live(): Entry[]
@@ -63,6 +71,10 @@ interface Runner {
   /** When its current segment started, and how much of it this runner received since. */
   since: number
   segmentBytes: number
+  /** When the first byte of its current segment came; 0 before. */
+  firstByteAt: number
+  /** Set when a faster source finished this runner's segment first: it takes no more work. */
+  outrun: boolean
 }
 
 /** Thrown by read() when no source can go on: the download falls back to one source at a time. */
@@ -92,6 +104,10 @@ export class Stripe {
   private reader: (() => void) | undefined
   private idle: (() => void)[] = []
   private idleTimer: ReturnType<typeof setTimeout> | undefined
+  /** The longest wait for the first byte of a segment seen from each source: a request's cost, queues included. */
+  private readonly latency = new Map<Entry, number>()
+  /** Failures of each source since its last segment done. */
+  private readonly failures = new Map<Entry, number>()
   /** Bytes that arrived and were not delivered: never more than maxBufferBytes. */
   buffered = 0
   /** Bytes received that another connection had already delivered: what hedges cost. */
@@ -105,18 +121,12 @@ export class Stripe {
     const { size, position, maxBufferBytes, connectionsPerSource } = options
     this.position = position
     const connections = Math.max(1, host.live().length * connectionsPerSource)
-    const rest = size - position
-    const bytes = Math.max(
-      1,
-      Math.min(
-        Math.max(MIN_SEGMENT_BYTES, Math.ceil(rest / (connections * SEGMENTS_PER_CONNECTION))),
-        MAX_SEGMENT_BYTES,
-        Math.floor(maxBufferBytes / 2),
-      ),
-    )
-    for (let start = position; start < size; start += bytes) {
+    for (let start = position; start < size; ) {
+      const share = Math.ceil((size - start) / (connections * SHARE_PER_CONNECTION))
+      const bytes = Math.max(1, Math.min(Math.max(MIN_SEGMENT_BYTES, share), MAX_SEGMENT_BYTES, Math.floor(maxBufferBytes / 2)))
       const end = Math.min(size, start + bytes)
       this.segments.push({ start, end, received: start, chunks: [], runners: new Set() })
+      start = end
     }
     // The winner's open stream goes on with the first segment, without a new request.
     this.spawn(winner.entry, winner.source)
@@ -166,7 +176,7 @@ export class Stripe {
   }
 
   private spawn(entry: Entry, source: SourceStream | undefined): void {
-    const runner: Runner = { entry, source, segment: undefined, bytes: 0, ms: 0, since: 0, segmentBytes: 0 }
+    const runner: Runner = { entry, source, segment: undefined, bytes: 0, ms: 0, since: 0, segmentBytes: 0, firstByteAt: 0, outrun: false }
     this.runners.add(runner)
     void this.run(runner)
       .catch(noop)
@@ -191,28 +201,42 @@ export class Stripe {
       }
       try {
         await this.fetch(runner, segment)
+        this.failures.set(runner.entry, 0)
       } catch (error) {
         this.release(runner)
         runner.source?.close(error)
         runner.source = undefined
         if (this.closed || this.host.signal?.aborted) return
-        // Lost to a hedge, or a source that turned out not to serve ranges: no failure of the source.
-        if (error instanceof LostRaceError) continue
+        // Outrun by a hedge, or a source that turned out not to serve ranges: no failure of the source.
+        if (error instanceof LostRaceError) {
+          if (runner.outrun || runner.entry.ranges === false) return
+          continue
+        }
         this.lastError = error
-        this.host.strike(runner.entry, error)
-        if (error instanceof NarHashMismatchError || error instanceof NarNotFoundError) return
+        const failures = (this.failures.get(runner.entry) ?? 0) + 1
+        this.failures.set(runner.entry, failures)
+        if (error instanceof NarHashMismatchError || error instanceof NarNotFoundError) {
+          this.host.strike(runner.entry, error)
+          return
+        }
+        // A cut connection is retried at once: the segment keeps what arrived, and no byte comes twice.
+        this.host.emit('fail', runner.entry.name, error)
+        if (failures >= MAX_FAILURES_PER_CONNECTION * this.options.connectionsPerSource) {
+          runner.entry.dead = true
+          return
+        }
       }
     }
   }
 
   /**
-   * The segment `runner` takes next: the one its open stream reaches next if nobody has it, else the
-   * lowest that nobody has and that fits in the buffer, else a running one to hedge.
+   * The segment `runner` takes next: the one its open stream reaches next if nobody has it; else the
+   * lowest that nobody has and that fits in the buffer, unless a running one below it is worth hedging.
    */
   private claim(runner: Runner): Segment | 'retire' | undefined {
+    if (this.segments.every((s) => s.received >= s.end)) return 'retire'
     const fits = (s: Segment): boolean => s.end - this.position <= this.options.maxBufferBytes || s === this.segments[this.front]
     const open = (s: Segment): boolean => s.runners.size === 0 && s.received < s.end
-    if (this.segments.every((s) => s.received >= s.end)) return 'retire'
     const at = runner.source && !runner.source.isClosed ? runner.source.position : undefined
     if (at !== undefined) {
       const next = this.segments.find((s) => s.received === at && s.start <= at && at < s.end)
@@ -222,35 +246,77 @@ export class Stripe {
       // A source that can't serve a range goes on only where its one stream already is.
       return at !== undefined && this.segments.some((s) => s.received === at && open(s)) ? undefined : 'retire'
     }
-    for (let i = this.front; i < this.segments.length; i++) {
-      const s = this.segments[i]!
-      if (open(s)) {
-        if (fits(s)) return s
-        break
-      }
-    }
-    // Nothing to start: the buffer is full behind a slow segment, or every segment is taken.
-    return this.hedgeTarget(runner)
+    const reserved = this.reserved(runner)
+    const free = this.segments.slice(this.front).filter((s) => open(s) && !reserved.has(s) && fits(s))
+    // A source that has shown no rate yet, or a slow one, starts at the far end of the buffer: the
+    // others reach its segment last, and hedge it if it is not done by then.
+    const first = this.proven(runner.entry) ? free[0] : free.at(-1)
+    // Nothing to start when the buffer is full behind a slow segment, or when every segment is taken.
+    return this.hedgeTarget(runner, first === undefined) ?? first
   }
 
-  /** The lowest running segment whose one runner would finish it later than `runner` could. */
-  private hedgeTarget(runner: Runner): Segment | undefined {
+  /** The segments right after another runner's open-ended stream: it goes on into them without a new request. */
+  private reserved(runner: Runner): Set<Segment> {
+    const reserved = new Set<Segment>()
+    for (const other of this.runners) {
+      if (other === runner || !other.source || other.source.isClosed || other.source.limit !== undefined) continue
+      // Between two segments too, where its stream is now.
+      const at = other.segment ? other.segment.end : other.source.position
+      const next = this.segments.find((s) => s.start === at)
+      if (next) reserved.add(next)
+    }
+    return reserved
+  }
+
+  /**
+   * The lowest running segment whose one runner, of another source, would finish it HEDGE_FACTOR times
+   * later than `runner` could: it would hold up the front once the others get there. A runner with
+   * nothing else to do may try before its own rate is known.
+   */
+  private hedgeTarget(runner: Runner, idle: boolean): Segment | undefined {
     const mine = this.rateOf(runner) ?? this.entryRate(runner.entry)
-    if (mine === undefined || mine <= 0) return undefined
+    if (mine === undefined && !idle) return undefined
     const now = performance.now()
     for (let i = this.front; i < this.segments.length; i++) {
       const s = this.segments[i]!
       if (s.runners.size !== 1 || s.received >= s.end) continue
       const [owner] = s.runners
       if (!owner || owner.entry === runner.entry) continue
-      const elapsed = now - owner.since
-      if (elapsed < MIN_RATE_SAMPLE_MS) continue
-      const theirs = owner.segmentBytes / elapsed
       const left = s.end - s.received
-      // A new request costs about what the last connect took; assume one rate sample's worth.
-      if (theirs === 0 || left / theirs > MIN_RATE_SAMPLE_MS + left / mine) return s
+      // A new request costs about what this source's slowest first byte so far took.
+      const cost = Math.max(MIN_RATE_SAMPLE_MS, this.latency.get(runner.entry) ?? 0)
+      const mineMs = cost + (mine ? left / mine : 0)
+      if (owner.firstByteAt === 0) {
+        // No byte yet: slow only once it waited much longer than any request so far.
+        if (now - owner.since > HEDGE_FACTOR * mineMs) return s
+        continue
+      }
+      const streamed = now - owner.firstByteAt
+      if (streamed < MIN_RATE_SAMPLE_MS) continue
+      if (left / (owner.segmentBytes / streamed) > HEDGE_FACTOR * mineMs) return s
     }
     return undefined
+  }
+
+  /**
+   * Whether `winner`, which finished a segment before `loser`, was so much faster that `loser`'s source
+   * had better take no more work in this download.
+   */
+  private outruns(winner: Runner, loser: Runner): boolean {
+    const now = performance.now()
+    const rate = (r: Runner): number => r.segmentBytes / Math.max(1, now - r.since)
+    return loser.since < winner.since && rate(loser) * HEDGE_FACTOR < rate(winner)
+  }
+
+  /** Whether `entry` has shown a rate, and not HEDGE_FACTOR times below the best source's. */
+  private proven(entry: Entry): boolean {
+    const mine = this.entryRate(entry)
+    if (mine === undefined) return false
+    for (const r of this.runners) {
+      const rate = this.rateOf(r)
+      if (r.entry !== entry && rate !== undefined && mine * HEDGE_FACTOR < rate) return false
+    }
+    return true
   }
 
   /** Bytes per ms over the segments it finished or left, once it has any. */
@@ -273,6 +339,7 @@ export class Stripe {
     runner.segment = segment
     runner.since = performance.now()
     runner.segmentBytes = 0
+    runner.firstByteAt = 0
     segment.runners.add(runner)
     const from = segment.received
     let source = runner.source
@@ -303,17 +370,23 @@ export class Stripe {
           backend: runner.entry.name,
         })
       }
+      if (runner.firstByteAt === 0) {
+        runner.firstByteAt = performance.now()
+        this.latency.set(runner.entry, Math.max(this.latency.get(runner.entry) ?? 0, runner.firstByteAt - runner.since))
+      }
       runner.segmentBytes += chunk.length
       this.append(segment, runner, at, chunk)
       at += chunk.length
       if (segment.received >= segment.end && at < segment.end) {
-        // A hedge finished first: this connection's request is worth nothing more.
+        // Another connection finished first: this request is worth nothing more.
+        runner.outrun ||= [...segment.runners].some((other) => other !== runner && this.outruns(other, runner))
         throw new LostRaceError(`${runner.entry.name} lost segment ${segment.start} to a hedge`)
       }
     }
     this.release(runner)
     for (const other of segment.runners) {
-      // The hedge lost: its connection stops, and it takes other work.
+      // The other one lost: its connection stops. The runner that was there first was the slow one.
+      other.outrun = this.outruns(runner, other)
       other.source?.close(new LostRaceError(`${other.entry.name} lost segment ${segment.start} to ${runner.entry.name}`))
     }
     this.notify()

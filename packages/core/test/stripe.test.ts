@@ -1,6 +1,6 @@
 import { setTimeout as delay } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
-import { NarHashMismatchError, resolveNar, type NarEvent } from '../src/index.js'
+import { NarHashMismatchError, NarStallError, resolveNar, type NarBackend, type NarEvent } from '../src/index.js'
 import { chunked, collect, handles, sample, scripted, split, trackTimers, within, type Scripted } from './backends.js'
 
 /** The byte ranges each backend was asked for, after the first (open-ended) race request. */
@@ -62,7 +62,7 @@ describe('resolveNar: striping', () => {
     const stream = await resolveNar(hash, { backends: plain, size: data.length, stripeAbove: 0, maxBufferBytes: 64 * 1024 })
     expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
     expect(stream.sources).toEqual(['a'])
-    expect(plain[1]!.calls.length).toBeLessThanOrEqual(2)
+    expect(plain[1]!.calls.length).toBeLessThanOrEqual(3)
   })
 
   it('hands the segments of a source that fails to the others, fetching nothing twice', async () => {
@@ -81,6 +81,64 @@ describe('resolveNar: striping', () => {
     expect(events.some((e) => e.type === 'fail' && e.backend === 'dies')).toBe(true)
     // The race's loser may have sent a chunk before it was aborted; beyond that, each byte came once.
     expect(dies.yielded + good.yielded).toBeLessThanOrEqual(data.length + 2 * 4096)
+  })
+
+  it('goes on with a source whose connections were cut once, from the bytes already received', async () => {
+    const { data, hash } = sample(1 << 20)
+    let ranged = 0
+    const inner = scripted('flaky', data, { ranged: true, chunkSize: 4096, chunkDelayMs: 1 })
+    // Its first two ranged requests are cut after 8 KiB; later ones go through.
+    const flaky: NarBackend = {
+      name: 'flaky',
+      async fetch(h, o) {
+        const source = await inner.fetch(h, o)
+        if (o.end === undefined || ++ranged > 2) return source
+        const body = source.body
+        source.body = (async function* () {
+          let sent = 0
+          for await (const chunk of body) {
+            if (sent >= 8192) throw new Error('connection reset')
+            sent += chunk.length
+            yield chunk
+          }
+        })()
+        return source
+      },
+    }
+    const good = scripted('good', data, { ranged: true, chunkSize: 4096, chunkDelayMs: 1, latencyMs: 10 })
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [flaky, good],
+      size: data.length,
+      stripeAbove: 0,
+      maxBufferBytes: 256 * 1024,
+      onEvent: (e) => events.push(e),
+    })
+    expect(Buffer.from(await within(10_000, collect(stream))).equals(data)).toBe(true)
+    expect(events.filter((e) => e.type === 'fail' && e.backend === 'flaky')).toHaveLength(2)
+    expect(ranged).toBeGreaterThan(2)
+    // What the cut requests received stays: each resumes where it got to, 8 KiB in.
+    const resumed = [...inner.calls, ...good.calls].filter((c) => c.end !== undefined && c.offset % (128 * 1024) === 8192)
+    expect(resumed).toHaveLength(2)
+    // Twice at most: the race loser's first chunk, the chunk each cut pulled, and what a hedge may duplicate.
+    expect(inner.yielded + good.yielded).toBeLessThanOrEqual(data.length + 3 * 4096 + 128 * 1024)
+  })
+
+  it('hands the segment of a source that stalls to the others', async () => {
+    const { data, hash } = sample(1 << 20)
+    const stalls = scripted('stalls', data, { ranged: true, chunkSize: 4096, stallAt: 600_000 })
+    const good = scripted('good', data, { ranged: true, chunkSize: 4096, chunkDelayMs: 1, latencyMs: 10 })
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [stalls, good],
+      size: data.length,
+      stripeAbove: 0,
+      maxBufferBytes: 256 * 1024,
+      stallTimeoutMs: 100,
+      onEvent: (e) => events.push(e),
+    })
+    expect(Buffer.from(await within(10_000, collect(stream))).equals(data)).toBe(true)
+    expect(events.some((e) => e.type === 'fail' && e.backend === 'stalls' && e.error instanceof NarStallError)).toBe(true)
   })
 
   it('never lets the buffer grow past maxBufferBytes while the consumer does not read', async () => {

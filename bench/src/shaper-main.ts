@@ -1,0 +1,3 @@
+import { shapeFromChild } from './shaper-child.js'
+
+shapeFromChild()
