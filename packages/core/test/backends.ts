@@ -30,7 +30,8 @@ export interface ScriptedOptions {
 }
 
 export interface Scripted extends NarBackend {
-  calls: { offset: number; end?: number | undefined; signal: AbortSignal }[]
+  /** Each fetch() call: what it asked for, and how many bytes its body yielded. */
+  calls: { offset: number; end?: number | undefined; signal: AbortSignal; yielded: number }[]
   /** How many bodies were closed (return() or abort) before their end. */
   closed: number
   /** How many fetch signals fired. */
@@ -48,7 +49,8 @@ export function scripted(name: string, data: Uint8Array, o: ScriptedOptions = {}
     yielded: 0,
     async fetch(_hash: NarHash, options): Promise<NarSource> {
       const { signal } = options
-      backend.calls.push({ offset: options.offset ?? 0, end: options.end, signal })
+      const call = { offset: options.offset ?? 0, end: options.end, signal, yielded: 0 }
+      backend.calls.push(call)
       signal.addEventListener('abort', () => backend.aborted++, { once: true })
       if (o.latencyMs) await delay(o.latencyMs, undefined, { signal })
       if (o.missing) throw new NarNotFoundError(`${name} has no copy`)
@@ -73,6 +75,7 @@ export function scripted(name: string, data: Uint8Array, o: ScriptedOptions = {}
             const chunk = bytes.subarray(at, end)
             at = end
             backend.yielded += chunk.length
+            call.yielded += chunk.length
             yield chunk
           }
           finished = true
@@ -215,4 +218,20 @@ export function trackTimers(): { live: () => number; [Symbol.dispose]: () => voi
 /** Sockets, file handles and the like: everything active but timers. */
 export function handles(): number {
   return process.getActiveResourcesInfo().filter((r) => r !== 'Timeout' && r !== 'Immediate').length
+}
+
+/** How many distinct bytes of the file the backends' bodies yielded: what was fetched, not counting twice. */
+export function distinctBytes(backends: Scripted[]): number {
+  const spans = backends
+    .flatMap((b) => b.calls.map((c) => [c.offset, c.offset + c.yielded] as const))
+    .filter(([a, b]) => b > a)
+    .sort((x, y) => x[0] - y[0])
+  let total = 0
+  let reach = -1
+  for (const [a, b] of spans) {
+    if (b <= reach) continue
+    total += b - Math.max(a, reach)
+    reach = b
+  }
+  return total
 }
