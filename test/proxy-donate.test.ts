@@ -1,0 +1,153 @@
+/**
+ * Donation end to end, as users run the built proxy: proxy A keeps and donates what it served to Nix;
+ * then the upstream loses its NAR files, and proxies B (no store, not A's NAR route, only A's mappings
+ * endpoint and the p2p networks) serve the same closure to another Nix.
+ */
+import { cp, mkdtemp, readdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { get } from '../examples/proxy/test/support/client.js'
+import { startTracker, type Tracker } from '../packages/torrent/test/swarm.js'
+import { fixtures } from './fixtures/index.js'
+import { startCacheServer, type CacheServer } from './support/cache-server.js'
+import { startKuboRpc, type KuboRpc } from './support/kubo-rpc.js'
+import { nixAvailable, nixSandbox, type NixRun } from './support/nix.js'
+import { built, startProxy, type RunningProxy } from './support/proxy-process.js'
+
+if (!built) console.warn('test/proxy-donate.test.ts: skipped, examples/proxy is not built (run `pnpm build`)')
+if (!nixAvailable) console.warn('test/proxy-donate.test.ts: skipped, no `nix` on PATH')
+
+const key = fixtures.publicKey
+const root = fixtures.path('closure-root')
+const big = fixtures.path('5m')
+const closure = [root, ...fixtures.paths.filter((p) => p.name.startsWith('closure-leaf-'))]
+/** The closure and one NAR of several IPFS blocks, which only a mapping can find. */
+const served = [...closure, big]
+
+type LogLine = { msg: string; nar?: string; outcome?: string; winner?: string; sources?: string[]; cid?: string; btih?: string }
+const log = (proxy: RunningProxy): LogLine[] => proxy.stdout.map((line) => JSON.parse(line) as LogLine)
+
+async function until(check: () => boolean, ms: number, what: string): Promise<void> {
+  for (const end = Date.now() + ms; !check(); ) {
+    if (Date.now() > end) throw new Error(`${what}: not reached in ${ms} ms`)
+    await sleep(50)
+  }
+}
+
+async function copy(url: string): Promise<NixRun> {
+  const nix = await nixSandbox()
+  try {
+    const store = nix.store()
+    const run = await nix.copyFrom(url, store, served.map((p) => p.storePath), key)
+    if (run.code === 0) for (const path of served) expect(await nix.has(store, path.storePath), path.name).toBe(true)
+    return run
+  } finally {
+    await nix.close()
+  }
+}
+
+describe.skipIf(!built || !nixAvailable)('--donate: what one proxy kept, another serves from IPFS and torrents', () => {
+  let work: string
+  let upstream: CacheServer
+  let tracker: Tracker
+  let kubo: KuboRpc
+  const proxies: RunningProxy[] = []
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'narrace-donate-'))
+    // A copy of the cache whose NAR files the test deletes later.
+    await cp(fixtures.cacheDir, join(work, 'cache'), { recursive: true })
+    upstream = await startCacheServer({ root: join(work, 'cache') })
+    tracker = await startTracker()
+    kubo = await startKuboRpc(join(work, 'kubo'))
+  }, 120_000)
+  afterAll(async () => {
+    await Promise.all(proxies.splice(0).map((p) => p.stop()))
+    await kubo?.stop()
+    await tracker?.close()
+    await upstream?.close()
+    await rm(work, { recursive: true, force: true })
+  })
+
+  it('A donates every NAR it keeps; B serves the closure with IPFS wins, C with torrent wins, no NAR over HTTP', async () => {
+    const a = await startProxy([
+      '--upstream', upstream.url, '--trusted-public-key', key,
+      '--store', join(work, 'store-a'), '--donate',
+      '--ipfs-api', kubo.url, '--torrent', '--announce', tracker.announce[0]!,
+    ])
+    proxies.push(a)
+    const first = await copy(a.url)
+    expect(first.code, first.stderr).toBe(0)
+    await until(() => log(a).filter((l) => l.msg === 'donated').length === served.length, 60_000, 'every NAR donated')
+    for (const line of log(a).filter((l) => l.msg === 'donated')) {
+      expect(line.cid).toMatch(/^bafk|^bafy/)
+      expect(line.btih).toMatch(/^[0-9a-f]{40}$/)
+    }
+
+    // The upstream loses every NAR file; A still answers narinfo from its store.
+    for (const name of await readdir(join(work, 'cache', 'nar'))) await rm(join(work, 'cache', 'nar', name))
+    expect((await get(`${a.url}/${root.hashPart}.narinfo`)).status).toBe(200)
+    expect((await get(`${upstream.url}/${root.url}`)).status).toBe(404)
+    const mapping = await get(`${a.url}/narrace/v1/mappings/${big.fileHash.slice('sha256:'.length)}`)
+    expect(JSON.parse(mapping.body.toString())).toMatchObject({ fileHash: big.fileHash, source: 'local' })
+
+    // B and C: that upstream for narinfo, A's mappings endpoint, one p2p network each; A's NAR route never.
+    const before = upstream.requests.length
+    const b = await startProxy(['--upstream', upstream.url, '--trusted-public-key', key, '--mappings-from', a.url, '--ipfs-api', kubo.url])
+    const c = await startProxy([
+      '--upstream', upstream.url, '--trusted-public-key', key, '--mappings-from', a.url,
+      '--torrent', '--announce', tracker.announce[0]!,
+    ])
+    proxies.push(b, c)
+    const viaIpfs = await copy(b.url)
+    expect(viaIpfs.code, viaIpfs.stderr).toBe(0)
+    const viaTorrent = await copy(c.url)
+    expect(viaTorrent.code, viaTorrent.stderr).toBe(0)
+
+    for (const [proxy, network] of [[b, 'ipfs'], [c, 'torrent']] as const) {
+      const nars = log(proxy).filter((l) => l.msg === 'nar' && l.outcome === 'ok')
+      expect(nars.length, network).toBeGreaterThanOrEqual(served.length)
+      for (const line of nars) {
+        expect(line.winner, `${network}: ${line.nar}`).toBe(network)
+        expect(line.sources).toEqual([network])
+      }
+    }
+    // No NAR reached A's NAR route (A logs every NAR it serves), and the upstream served no NAR byte.
+    expect(log(a).filter((l) => l.msg === 'nar').length).toBe(served.length)
+    const narAnswers = upstream.requests.slice(before).filter((r) => r.path.includes('/nar/') && r.status === 200)
+    expect(narAnswers).toEqual([])
+  })
+
+  it('eviction withdraws a donation: unpinned, no longer seeded, its mapping marked gone', async () => {
+    await cp(fixtures.cacheDir, join(work, 'cache-2'), { recursive: true })
+    const fresh = await startCacheServer({ root: join(work, 'cache-2') })
+    try {
+      const a = await startProxy([
+        '--upstream', fresh.url, '--trusted-public-key', key,
+        '--store', join(work, 'store-small'), '--store-max-bytes', '400000', '--donate',
+        '--ipfs-api', kubo.url, '--torrent', '--announce', tracker.announce[0]!,
+      ])
+      proxies.push(a)
+      const first = fixtures.path('200k')
+      for (const path of [first, ...['15', '16', '17', '18', '19'].map((n) => fixtures.path(`closure-leaf-${n}`))]) {
+        await get(`${a.url}/${path.hashPart}.narinfo`)
+        expect((await get(`${a.url}/${path.url}`)).status).toBe(200)
+        await until(() => log(a).some((l) => l.msg === 'donated' && l.nar === path.fileHash.slice(7)), 30_000, `${path.name} donated`)
+      }
+      await until(() => log(a).some((l) => l.msg === 'donation withdrawn' && l.nar === first.fileHash.slice(7)), 30_000, '200k withdrawn')
+      const withdrawn = log(a).find((l) => l.msg === 'donation withdrawn')!
+      expect(withdrawn.cid).toMatch(/^baf/)
+      expect(withdrawn.btih).toMatch(/^[0-9a-f]{40}$/)
+      const mapping = JSON.parse((await get(`${a.url}/narrace/v1/mappings/${first.fileHash.slice(7)}`)).body.toString())
+      expect(mapping).toMatchObject({ fileHash: first.fileHash, status: 'gone' })
+      expect(mapping.cid).toBeUndefined()
+      expect(mapping.btih).toBeUndefined()
+      const pins = await fetch(`${kubo.url}/api/v0/pin/ls?arg=${withdrawn.cid}`, { method: 'POST' })
+      expect(pins.ok).toBe(false)
+    } finally {
+      await fresh.close()
+    }
+  })
+})
