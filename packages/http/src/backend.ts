@@ -8,79 +8,53 @@ import {
   type NarSource,
 } from '@narrace/core'
 import type { Readable } from 'node:stream'
-import { Agent, Pool, type Dispatcher } from 'undici'
-import { cacheBase, get, requestError, statusError } from './url.js'
+import type { Dispatcher } from 'undici'
+import type { UpstreamHealth } from './health.js'
+import { HttpUpstream, kUpstream, type UpstreamOptions } from './upstream.js'
+import { requestError, statusError } from './url.js'
 
 const noop = (): void => {}
 
-/** How long a TCP (and TLS) connect to a cache may take before it counts as failed. */
-export const DEFAULT_CONNECT_TIMEOUT_MS = 3000
-
-/** The longest delay setTimeout honours. */
-const MAX_TIMEOUT_MS = 2 ** 31 - 1
-
-export interface HttpBackendOptions {
-  /** The binary cache, e.g. `https://cache.nixos.org` or `http://host/cache/`. */
-  url: string
-  /** The name in events and errors. @default the cache URL */
-  name?: string
-  /**
-   * An undici dispatcher for every request, instead of the backend's own pool (and the Agent it makes for
-   * redirects to other origins); `close()` leaves it open.
-   */
-  dispatcher?: Dispatcher
-  /** Extra request headers, e.g. `authorization`. */
-  headers?: Record<string, string>
-  /** Fail a connect that takes longer than this. Applies to the backend's own pool only. @default 3000 */
-  connectTimeoutMs?: number
-}
+/** One binary cache to fetch NARs from: its URL, credentials, allowed origins and connection cap. */
+export type HttpBackendOptions = UpstreamOptions
 
 /** A NarBackend over one HTTP binary cache. */
 export interface HttpBackend extends NarBackend {
-  /** The cache URL, with a trailing slash. */
+  /** The cache URL, with a trailing slash (and without user info). */
   readonly url: string
+  /** The upstream's circuit breaker: `isUp()`, `state`, and a `change` event. */
+  readonly health: UpstreamHealth
   /** Destroys the backend's connection pool, cancelling whatever is in flight. */
   close(): Promise<void>
 }
 
 /**
- * A narrace backend that fetches `nar/<nix32>.nar.xz` (or the narinfo URL that `resolveNar` passes on)
- * from one binary cache, over one keep-alive undici Pool. A resume at `offset > 0` sends
- * `Range: bytes=offset-`; a server that answers 200 instead restarts at 0, which `resolveNar` skips. With
- * `end`, it asks for `Range: bytes=offset-(end - 1)`, and a 206 says `ranges: true`, so `resolveNar`
- * may stripe over this cache; so does a 200 with `Accept-Ranges: bytes`.
- * Bytes are never decoded: the FileHash is the hash of the file as stored. Up to MAX_REDIRECTS
- * redirects are followed (attic, for one, sends NARs to S3), without credentials once they leave the origin.
+ * A narrace backend that fetches `nar/<nix32>.nar.xz` (or the narinfo URL that `resolveNar` passes on,
+ * query string and all, and nothing else) from one binary cache, over one keep-alive undici Agent with
+ * at most `connections` connections per origin. A resume at `offset > 0` sends `Range: bytes=offset-`;
+ * a server that answers 200 instead restarts at 0, which `resolveNar` skips. With `end`, it asks for
+ * `Range: bytes=offset-(end - 1)`, and a 206 says `ranges: true`, so `resolveNar` may stripe over this
+ * cache; so does a 200 with `Accept-Ranges: bytes`. Bytes are never decoded: the FileHash is the hash of
+ * the file as stored.
  *
- * 403, 404 and 410 reject with NarNotFoundError; other statuses, refused connections and connect timeouts
- * with NarBackendError. A `Content-Length` or `Content-Range` that contradicts `size` rejects with
- * NarSizeMismatchError before any byte is delivered.
+ * The trust boundary: it fetches only under the cache's origin and path prefix, or from an origin in
+ * `allowedOrigins`; every redirect hop (up to MAX_REDIRECTS) is checked the same way, https never leads
+ * to http, credentials go to the cache's origin only, and loopback or private addresses are reached only
+ * when the cache is on one. Anything else rejects with NarBackendError before a connection is made.
+ *
+ * 403, 404 and 410 reject with NarNotFoundError; other statuses, refused connections, connect timeouts
+ * and a skip by the circuit breaker with NarBackendError. A `Content-Length` or `Content-Range` that
+ * contradicts `size` rejects with NarSizeMismatchError before any byte is delivered.
  */
 export function httpBackend(options: HttpBackendOptions): HttpBackend {
-  const base = cacheBase(options?.url)
-  const name = options.name ?? options.url
-  const timeout = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS
-  // undici takes any value here and hands it to setTimeout, which makes NaN, negatives, Infinity and
-  // anything over 2^31 - 1 ms into 1 ms: every connect would fail at once.
-  if (typeof timeout !== 'number' || !(timeout > 0 && timeout <= MAX_TIMEOUT_MS)) {
-    throw new RangeError(
-      `connectTimeoutMs must be a number of milliseconds from 1 to ${MAX_TIMEOUT_MS}, got ${String(timeout)}`,
-    )
-  }
-  const connect = { timeout }
-  const pool = options.dispatcher ? undefined : new Pool(base.origin, { connect })
-  // Only for NAR URLs and redirects that leave the cache's origin: made on first use.
-  let elsewhere: Agent | undefined
-  const dispatcherFor = (origin: string): Dispatcher => {
-    if (options.dispatcher) return options.dispatcher
-    if (origin === base.origin) return pool!
-    elsewhere ??= new Agent({ connect })
-    return elsewhere
-  }
+  const upstream = new HttpUpstream(options)
+  const { name } = upstream
 
   return {
     name,
-    url: base.href,
+    url: upstream.base.href,
+    health: upstream.health,
+    [kUpstream]: upstream,
 
     async fetch(hash: NarHash, fetchOptions: NarFetchOptions): Promise<NarSource> {
       // resolveNar always passes a NarHash and a signal; a direct caller may not.
@@ -88,24 +62,13 @@ export function httpBackend(options: HttpBackendOptions): HttpBackend {
       const offset = fetchOptions?.offset ?? 0
       const end = rangeEnd(offset, fetchOptions?.end)
       signal?.throwIfAborted()
-      // As in Nix, a narinfo URL may also be absolute.
-      const relative = narUrl ?? `nar/${parseNarHash(hash).nix32}.nar.xz`
-      const target = URL.parse(relative, base.href)
-      if (!target) throw new NarBackendError(`${name}: invalid NAR URL '${relative}'`, { backend: name })
-      if (target.protocol !== 'http:' && target.protocol !== 'https:') {
-        throw new NarBackendError(`${name}: the NAR URL ${target.href} is not http(s)`, { backend: name })
-      }
-      const headers: Record<string, string> = { ...options.headers, 'accept-encoding': 'identity' }
+      // As in Nix, a narinfo URL may also be absolute; it is checked like every redirect hop.
+      const target = upstream.target(narUrl ?? `nar/${parseNarHash(hash).nix32}.nar.xz`)
+      const headers: Record<string, string> = { 'accept-encoding': 'identity' }
       if (end !== undefined) headers.range = `bytes=${offset}-${end - 1}`
       else if (offset > 0) headers.range = `bytes=${offset}-`
 
-      let response: Dispatcher.ResponseData
-      let url: URL
-      try {
-        ;({ response, url } = await get(target, { headers, signal, dispatcherFor, name }))
-      } catch (error) {
-        throw requestError(error, target.href, name, signal)
-      }
+      const { response, url } = await upstream.get(target, { headers, signal })
       const body = response.body
       try {
         const source = checkResponse(response, { offset, end, size, url: url.href, name })
@@ -118,9 +81,9 @@ export function httpBackend(options: HttpBackendOptions): HttpBackend {
     },
 
     async close(): Promise<void> {
-      await Promise.all([pool?.destroy(), elsewhere?.destroy()])
+      await upstream.close()
     },
-  }
+  } as HttpBackend
 }
 
 /** Reads the status and length headers; throws before any byte when they rule the response out. */

@@ -2,7 +2,7 @@ import { readFile, stat } from 'node:fs/promises'
 import { InvalidNarHashError, NarraceError } from '@narrace/core'
 import { isStoreHashPart, parseStoreBasename, parseStorePath, type NarInfo } from '@narrace/narinfo'
 import type { Dispatcher } from 'undici'
-import { resolveNarInfo } from './narinfo.js'
+import { resolveNarInfo, type NarInfoCache } from './narinfo.js'
 
 /** How many narinfo lookups a closure walk keeps in flight. */
 export const DEFAULT_CLOSURE_CONCURRENCY = 16
@@ -27,8 +27,8 @@ export interface ClosureMiss {
 }
 
 export interface WalkClosureOptions {
-  /** Binary-cache URLs, raced for every narinfo. */
-  caches: string[]
+  /** Binary caches (URLs, `{ url, headers?, netrc?, … }` or httpBackends), raced for every narinfo. */
+  caches: NarInfoCache[]
   /** When given, only narinfos signed by one of these keys count. */
   trustedKeys?: string[]
   signal?: AbortSignal

@@ -1,4 +1,5 @@
-export { DEFAULT_CONNECT_TIMEOUT_MS, httpBackend, type HttpBackend, type HttpBackendOptions } from './backend.js'
+export { isPrivateAddress, type LookupFunction } from './addresses.js'
+export { httpBackend, type HttpBackend, type HttpBackendOptions } from './backend.js'
 export {
   DEFAULT_CLOSURE_CONCURRENCY,
   walkClosure,
@@ -8,10 +9,38 @@ export {
   type WalkClosureOptions,
 } from './closure.js'
 export {
+  DEFAULT_FAILURES_BEFORE_DOWN,
+  DEFAULT_MAX_BACKOFF_MS,
+  DEFAULT_MIN_BACKOFF_MS,
+  UpstreamHealth,
+  upstreamHealth,
+  type UpstreamHealthOptions,
+  type UpstreamState,
+} from './health.js'
+export {
   MAX_NARINFO_BYTES,
   fetchCacheInfo,
   resolveNarInfo,
+  type NarInfoCache,
   type ResolvedNarInfo,
   type ResolveNarInfoOptions,
 } from './narinfo.js'
-export { MAX_REDIRECTS } from './url.js'
+export {
+  InvalidNetrcError,
+  credentialsFor,
+  parseNetrc,
+  readNetrc,
+  type Netrc,
+  type NetrcCredentials,
+  type NetrcEntry,
+} from './netrc.js'
+export {
+  DEFAULT_CONNECTIONS,
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  MAX_REDIRECTS,
+  parseUpstreamHeader,
+  upstreamsWith,
+  type Upstream,
+  type UpstreamHeader,
+  type UpstreamOptions,
+} from './upstream.js'

@@ -1,10 +1,4 @@
-import {
-  InvalidNarHashError,
-  InvalidNarInfoError,
-  NarBackendError,
-  NarNotFoundError,
-  NarraceError,
-} from '@narrace/core'
+import { InvalidNarHashError, InvalidNarInfoError, NarNotFoundError, NarraceError, NarUnavailableError } from '@narrace/core'
 import {
   isStoreHashPart,
   MAX_DOCUMENT_BYTES,
@@ -16,30 +10,41 @@ import {
   type NarInfo,
 } from '@narrace/narinfo'
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib'
-import { Agent, type Dispatcher } from 'undici'
-import { DEFAULT_CONNECT_TIMEOUT_MS } from './backend.js'
-import { cacheBase, get, requestError, statusError } from './url.js'
+import type { Dispatcher } from 'undici'
+import type { HttpBackend } from './backend.js'
+import { upstreamOf, type HttpUpstream, type Upstream } from './upstream.js'
+import { requestError, statusError } from './url.js'
 
 /** A narinfo or nix-cache-info larger than this is refused unread, as the parser would refuse it. */
 export const MAX_NARINFO_BYTES = MAX_DOCUMENT_BYTES
 
+/**
+ * A cache as resolveNarInfo, walkClosure and fetchCacheInfo take it: a URL, `{ url, headers?, netrc?,
+ * allowedOrigins?, … }`, or an httpBackend, whose connections, credentials and circuit breaker are then
+ * shared with it.
+ */
+export type NarInfoCache = Upstream | HttpBackend
+
 export interface ResolveNarInfoOptions {
-  /** Binary-cache URLs, asked all at once. */
-  caches: string[]
+  /** Binary caches, asked all at once. */
+  caches: NarInfoCache[]
   /**
    * `name:base64(ed25519 public key)` keys. When at least one is given, a narinfo counts only if one of
    * them signed it; an unsigned or wrongly signed narinfo loses like garbage does.
    */
   trustedKeys?: string[]
   signal?: AbortSignal
-  /** The undici dispatcher for every request, redirects included. @default a shared keep-alive Agent */
+  /**
+   * The undici dispatcher for every request, redirects included (the origin and credential rules still
+   * apply). @default each cache's own keep-alive Agent, kept across calls
+   */
   dispatcher?: Dispatcher
 }
 
 /** The narinfo that won the race. */
 export interface ResolvedNarInfo {
   narInfo: NarInfo
-  /** The cache URL it came from, as given in `caches`. */
+  /** The cache URL it came from, as given in `caches` (an options object's or backend's `url`). */
   cache: string
   /** The narinfo exactly as the cache sent it, signatures included. */
   text: string
@@ -47,22 +52,15 @@ export interface ResolvedNarInfo {
 
 const noop = (): void => {}
 
-let sharedAgent: Agent | undefined
-
-/** One Agent for every narinfo request: a pool per cache origin, kept alive across lookups. */
-function defaultDispatcher(): Dispatcher {
-  sharedAgent ??= new Agent({ connect: { timeout: DEFAULT_CONNECT_TIMEOUT_MS } })
-  return sharedAgent
-}
-
 /**
  * Asks every cache for `<hashPart>.narinfo` at once. The first answer that parses, names the store path
  * asked for, and verifies (when `trustedKeys` is given) wins; the other requests are aborted.
  *
  * Rejects with InvalidNarHashError for a malformed hash part, NarNotFoundError when every cache says
  * 403/404/410, InvalidNarInfoError when the others sent garbage or a narinfo without a trusted signature,
- * and otherwise NarBackendError. The message says why each cache failed; `cause` is an AggregateError of
- * those errors, in the order of `caches`.
+ * and otherwise NarUnavailableError: some cache could not answer (a 5xx, a 429, a refused or cut
+ * connection, a skip by its circuit breaker), so the narinfo may well exist. The message says why each
+ * cache failed; `errors` (and `cause`, an AggregateError) holds those errors, in the order of `caches`.
  */
 export async function resolveNarInfo(hashPart: string, options: ResolveNarInfoOptions): Promise<ResolvedNarInfo> {
   if (!isStoreHashPart(hashPart)) {
@@ -71,19 +69,17 @@ export async function resolveNarInfo(hashPart: string, options: ResolveNarInfoOp
   const outer = options?.signal
   outer?.throwIfAborted()
   if (!Array.isArray(options?.caches)) throw new TypeError('resolveNarInfo needs options.caches, an array of cache URLs')
-  const caches = options.caches.map((cache) => ({ cache, base: cacheBase(cache) }))
-  if (caches.length === 0) throw new NarNotFoundError(`no cache to ask for ${hashPart}.narinfo`)
-  const dispatcher = options.dispatcher ?? defaultDispatcher()
+  const upstreams = options.caches.map((cache) => upstreamOf(cache, options.dispatcher))
+  if (upstreams.length === 0) throw new NarNotFoundError(`no cache to ask for ${hashPart}.narinfo`)
   const trustedKeys = options.trustedKeys?.length ? options.trustedKeys : undefined
   const race = new AbortController()
   const signal = outer ? AbortSignal.any([outer, race.signal]) : race.signal
 
   try {
     return await Promise.any(
-      caches.map(async ({ cache, base }): Promise<ResolvedNarInfo> => {
-        const url = new URL(`${hashPart}.narinfo`, base).href
-        const text = await fetchText(url, { signal, dispatcher, name: cache })
-        return { narInfo: checkNarInfo(text, hashPart, cache, trustedKeys), cache, text }
+      upstreams.map(async (upstream): Promise<ResolvedNarInfo> => {
+        const text = await fetchText(upstream, `${hashPart}.narinfo`, signal)
+        return { narInfo: checkNarInfo(text, hashPart, upstream.name, trustedKeys), cache: upstream.given, text }
       }),
     )
   } catch (error) {
@@ -98,7 +94,8 @@ export async function resolveNarInfo(hashPart: string, options: ResolveNarInfoOp
     if (errors.every((e) => e instanceof NarNotFoundError || e instanceof InvalidNarInfoError)) {
       throw new InvalidNarInfoError(`no cache gave a valid ${hashPart}.narinfo: ${reasons}`, { cause })
     }
-    throw new NarBackendError(`no cache gave a valid ${hashPart}.narinfo: ${reasons}`, { cause })
+    // A cache that could not answer may have it: an outage, which Nix must not take for "not here".
+    throw new NarUnavailableError(`no cache could give ${hashPart}.narinfo: ${reasons}`, { cause, errors })
   } finally {
     race.abort(new NarraceError(`${hashPart}.narinfo already resolved`))
   }
@@ -123,20 +120,16 @@ function checkNarInfo(text: string, hashPart: string, cache: string, trustedKeys
 
 /** Fetches and parses a cache's `nix-cache-info` (StoreDir, WantMassQuery, Priority). */
 export async function fetchCacheInfo(
-  cache: string,
+  cache: NarInfoCache,
   options: { signal?: AbortSignal; dispatcher?: Dispatcher } = {},
 ): Promise<CacheInfo> {
-  const url = new URL('nix-cache-info', cacheBase(cache)).href
-  const text = await fetchText(url, {
-    signal: options.signal,
-    dispatcher: options.dispatcher ?? defaultDispatcher(),
-    name: cache,
-  })
+  const upstream = upstreamOf(cache, options.dispatcher)
+  const text = await fetchText(upstream, 'nix-cache-info', options.signal)
   try {
     return parseCacheInfo(text)
   } catch (error) {
     const why = error instanceof Error ? error.message : String(error)
-    throw new InvalidNarInfoError(`${cache}: nix-cache-info: ${why}`, { cause: error })
+    throw new InvalidNarInfoError(`${upstream.name}: nix-cache-info: ${why}`, { cause: error })
   }
 }
 
@@ -147,23 +140,17 @@ const DECODERS: Record<string, (input: Buffer, options: { maxOutputLength: numbe
   br: brotliDecompressSync,
 }
 
-/** GETs a small text file, at most MAX_NARINFO_BYTES, decoded as strict UTF-8. */
-async function fetchText(
-  url: string,
-  options: { signal: AbortSignal | undefined; dispatcher: Dispatcher; name: string },
-): Promise<string> {
-  const { signal, dispatcher, name } = options
+/** GETs a small text file under the cache, at most MAX_NARINFO_BYTES, decoded as strict UTF-8. */
+async function fetchText(upstream: HttpUpstream, path: string, signal: AbortSignal | undefined): Promise<string> {
+  const { name } = upstream
+  const target = upstream.target(path)
+  const url = target.href
   const tooBig = (): InvalidNarInfoError =>
     new InvalidNarInfoError(`${name}: ${url} is larger than ${MAX_NARINFO_BYTES} bytes`)
   const chunks: Buffer[] = []
   let encoding: string
   try {
-    const { response } = await get(new URL(url), {
-      headers: { 'accept-encoding': 'identity' },
-      signal,
-      dispatcherFor: () => dispatcher,
-      name,
-    })
+    const { response } = await upstream.get(target, { headers: { 'accept-encoding': 'identity' }, signal })
     const { statusCode, headers, body } = response
     if (statusCode !== 200) {
       body.dump().catch(noop)

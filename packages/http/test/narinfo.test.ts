@@ -1,4 +1,4 @@
-import { InvalidNarHashError, InvalidNarInfoError, NarBackendError, NarNotFoundError } from '@narrace/core'
+import { InvalidNarHashError, InvalidNarInfoError, NarBackendError, NarNotFoundError, NarUnavailableError } from '@narrace/core'
 import { formatNarInfo, generateSigningKey, parseNarInfo, signNarInfo } from '@narrace/narinfo'
 import { gzipSync } from 'node:zlib'
 import { Agent } from 'undici'
@@ -105,13 +105,15 @@ describe('resolveNarInfo', () => {
     expect((error as NarNotFoundError).errors).toHaveLength(2)
   })
 
-  it('otherwise rejects with NarBackendError saying why each cache failed', async () => {
+  it('otherwise rejects with NarUnavailableError saying why each cache failed', async () => {
     honest.setFaults({ status: 500 })
     liar.setFaults({ body: tampered() }, narinfoPath)
     const dead = await refusedUrl()
     const error = await resolveNarInfo(small.hashPart, { caches: [liar.url, honest.url, dead], trustedKeys, dispatcher })
       .catch((e: unknown) => e)
-    expect(error).toBeInstanceOf(NarBackendError)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    expect((error as NarUnavailableError).code).toBe('NARRACE_UNAVAILABLE')
+    expect((error as NarUnavailableError).errors).toEqual(((error as Error).cause as AggregateError).errors)
     const errors = ((error as Error).cause as AggregateError).errors
     expect(errors[0]).toBeInstanceOf(InvalidNarInfoError)
     expect(errors[1]).toMatchObject({ code: 'NARRACE_BACKEND', status: 500 })
