@@ -1,4 +1,11 @@
-import { InvalidNarHashError, InvalidNarInfoError, NarBackendError, NarNotFoundError, NarUnavailableError } from '@narrace/core'
+import {
+  InvalidNarHashError,
+  InvalidNarInfoError,
+  NarBackendError,
+  NarNotFoundError,
+  NarUnavailableError,
+  parseNarHash,
+} from '@narrace/core'
 import { formatNarInfo, generateSigningKey, parseNarInfo, signNarInfo } from '@narrace/narinfo'
 import { gzipSync } from 'node:zlib'
 import { Agent } from 'undici'
@@ -43,6 +50,17 @@ describe('resolveNarInfo', () => {
     expect(found.text).toBe(fixtures.narinfoText('small'))
     expect(found.narInfo).toMatchObject({ storePath: small.storePath, fileHash: small.fileHash, fileSize: small.fileSize })
     expect(honest.requests.map((r) => r.path)).toEqual([`/${narinfoPath}`])
+  })
+
+  it('accepts a narinfo whose NarHash the cache wrote in hex or SRI, as attic does, and passes its text on unchanged', async () => {
+    const hash = parseNarHash(small.narHash)
+    for (const written of [`sha256:${hash.hex}`, hash.sri]) {
+      const text = fixtures.narinfoText('small').replace(/^NarHash: .*$/m, `NarHash: ${written}`)
+      liar.setFaults({ body: text }, narinfoPath)
+      const found = await resolveNarInfo(small.hashPart, { caches: [liar.url], trustedKeys, dispatcher })
+      expect(found.text).toBe(text)
+      expect(found.narInfo.narHash).toBe(written)
+    }
   })
 
   it('a cache that answers with a bad signature loses even when it is first', async () => {

@@ -1,5 +1,6 @@
 import { InvalidNarInfoError, parseNarHash } from '@narrace/core'
 import {
+  formatNarInfo,
   generateSigningKey,
   narInfoFingerprint,
   parseNarInfo,
@@ -71,6 +72,27 @@ describe('verifyNarInfo', () => {
     expect(verifyNarInfo(top, [])).toEqual({ valid: false })
     expect(verifyNarInfo({ ...top, sigs: [] }, trusted)).toEqual({ valid: false })
   })
+
+  it.each(['hex', 'sha256:base64', 'SRI'] as const)(
+    "verifies Nix's signature on a real narinfo whose NarHash an attic-like cache wrote in %s, keeping the text",
+    (form) => {
+      for (const name of ['small', 'diamond-top', '900k']) {
+        const text = fixtures.narinfoText(name)
+        const hash = parseNarHash(parseNarInfo(text).narHash)
+        const written = { hex: `sha256:${hash.hex}`, 'sha256:base64': `sha256:${hash.sri.slice('sha256-'.length)}`, SRI: hash.sri }[form]
+        const rewritten = text.replace(/^NarHash: .*$/m, `NarHash: ${written}`)
+        expect(rewritten).not.toBe(text)
+        const info = parseNarInfo(rewritten)
+        expect(info.narHash).toBe(written)
+        expect(formatNarInfo(info)).toBe(rewritten)
+        expect(narInfoFingerprint(info)).toBe(narInfoFingerprint(parseNarInfo(text)))
+        expect(verifyNarInfo(info, trusted)).toEqual({ valid: true, keyName: 'narrace-test-1' })
+        // The normalised form is only for the fingerprint: a wrong digest in any form still fails.
+        const wrong = parseNarHash(fixtures.path(name === 'small' ? '200k' : 'small').narHash)
+        expect(verifyNarInfo({ ...info, narHash: `sha256:${wrong.hex}` }, trusted).valid).toBe(false)
+      }
+    },
+  )
 
   it('finds the one trusted signature among several keys and signatures', () => {
     const both = signNarInfo(top, other.secretKey)
