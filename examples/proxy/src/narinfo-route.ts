@@ -1,0 +1,108 @@
+import type { ServerResponse } from 'node:http'
+import { performance } from 'node:perf_hooks'
+import type { Dispatcher } from 'undici'
+import type { Logger } from 'pino'
+import type { ProxyMetrics } from './metrics.js'
+import { codeOf, message, NARINFO_TYPE, sendText, type RequestSignal } from './respond.js'
+import { resolveServedNarInfo, type ServedNarInfo } from './served-narinfo.js'
+import type { ProxyStore } from './store-wiring.js'
+
+/** narinfo answers kept in memory: Nix asks for the same one several times in a single `nix copy`. */
+const MAX_CACHED_NARINFO = 10_000
+
+/**
+ * A narinfo is "not here" when at least one cache answered and none gave a valid one (missing, garbage,
+ * or not signed by a trusted key), even if others could not be reached: Nix then moves on to its next
+ * substituter instead of failing. Only when no cache could be asked at all is it an error (502).
+ */
+export function isNotFound(error: unknown): boolean {
+  if (codeOf(error) === 'NARRACE_NOT_FOUND') return true
+  const cause = (error as { cause?: unknown } | undefined)?.cause
+  if (!(cause instanceof AggregateError)) return false
+  return cause.errors.some((e) => codeOf(e) === 'NARRACE_NOT_FOUND' || codeOf(e) === 'NARRACE_INVALID_NARINFO')
+}
+
+export interface NarInfoRouteContext {
+  upstreams: string[]
+  trustedKeys: string[] | undefined
+  dispatcher: Dispatcher
+  metrics: ProxyMetrics
+  logger: Logger
+  requestSignal: RequestSignal
+  /** Records a found narinfo in the index (never throws). */
+  learn(served: ServedNarInfo): void
+  store?: ProxyStore
+  narInfoTimeoutMs: number
+  narInfoTtlMs: number
+}
+
+export interface NarInfoRoute {
+  /**
+   * The served form of `hashPart`'s narinfo: from memory, or raced across the upstreams, verified, and
+   * learned into the index (a narinfo the index refuses is still served). Rejects as resolveNarInfo does.
+   */
+  lookupNarInfo(hashPart: string, signal: AbortSignal): Promise<{ served: ServedNarInfo; cached: boolean }>
+  serveNarInfo(hashPart: string, res: ServerResponse, head: boolean): Promise<void>
+}
+
+export function createNarInfoRoute(context: NarInfoRouteContext): NarInfoRoute {
+  const { metrics, logger, requestSignal, narInfoTimeoutMs, narInfoTtlMs } = context
+  /** Found narinfo by hash part; a miss is never cached, since the path may be pushed upstream any time. */
+  const narInfos = new Map<string, { served: ServedNarInfo; expires: number }>()
+
+  function remember(hashPart: string, served: ServedNarInfo): void {
+    if (narInfoTtlMs <= 0) return
+    narInfos.delete(hashPart)
+    narInfos.set(hashPart, { served, expires: performance.now() + narInfoTtlMs })
+    if (narInfos.size > MAX_CACHED_NARINFO) narInfos.delete(narInfos.keys().next().value!)
+  }
+
+  async function lookupNarInfo(hashPart: string, signal: AbortSignal): Promise<{ served: ServedNarInfo; cached: boolean }> {
+    const cached = narInfos.get(hashPart)
+    if (cached && cached.expires > performance.now()) return { served: cached.served, cached: true }
+    const served = await resolveServedNarInfo(hashPart, {
+      upstreams: context.upstreams,
+      trustedKeys: context.trustedKeys,
+      signal,
+      dispatcher: context.dispatcher,
+    })
+    context.learn(served)
+    remember(hashPart, served)
+    return { served, cached: false }
+  }
+
+  async function serveNarInfo(hashPart: string, res: ServerResponse, head: boolean): Promise<void> {
+    // The store first: it answers with no upstream reachable, and a warm store asks none.
+    const stored = await context.store?.narInfo(hashPart)
+    if (stored !== undefined) {
+      metrics.narinfoRequests.inc({ outcome: 'cached' })
+      sendText(res, head, 200, stored, NARINFO_TYPE)
+      return
+    }
+    const { signal, done } = requestSignal(res)
+    const timeout = AbortSignal.timeout(narInfoTimeoutMs)
+    try {
+      const { served, cached } = await lookupNarInfo(hashPart, AbortSignal.any([signal, timeout]))
+      // Kept beside its NAR once the NAR is in the store: the upstream's signed lines, the served URL.
+      context.store?.keepNarInfo(served.text)
+      metrics.narinfoRequests.inc({ outcome: cached ? 'cached' : 'ok' })
+      sendText(res, head, 200, served.text, NARINFO_TYPE)
+    } catch (error) {
+      if (signal.aborted) return
+      if (timeout.aborted) {
+        metrics.narinfoRequests.inc({ outcome: 'failed' })
+        logger.warn({ hashPart }, 'narinfo timed out')
+        sendText(res, head, 504, `no upstream answered for ${hashPart} in time\n`)
+        return
+      }
+      const notFound = isNotFound(error)
+      metrics.narinfoRequests.inc({ outcome: notFound ? 'not_found' : 'failed' })
+      if (!notFound) logger.warn({ hashPart, err: error }, 'narinfo failed')
+      sendText(res, head, notFound ? 404 : 502, notFound ? 'not found\n' : `${message(error)}\n`)
+    } finally {
+      done()
+    }
+  }
+
+  return { lookupNarInfo, serveNarInfo }
+}
