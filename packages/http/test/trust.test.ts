@@ -6,9 +6,10 @@ import { createServer, type IncomingMessage, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { backendsToClose } from './backends.js'
 import { startCacheServer, type CacheServer } from '../../../test/support/cache-server.js'
 import { fixtures } from '../../../test/fixtures/index.js'
-import { httpBackend, parseNetrc, resolveNarInfo, walkClosure, type HttpBackend } from '../src/index.js'
+import { parseNetrc, resolveNarInfo, walkClosure } from '../src/index.js'
 
 const mid = fixtures.path('200k')
 const small = fixtures.path('small')
@@ -90,12 +91,8 @@ describe('the trust boundary of an HTTP cache', () => {
   let cache: CacheServer
   let internal: CacheServer
   let cdn: CacheServer
-  const backends: HttpBackend[] = []
-  const backend = (options: Parameters<typeof httpBackend>[0]): HttpBackend => {
-    const made = httpBackend(options)
-    backends.push(made)
-    return made
-  }
+  const backends = backendsToClose()
+  const backend = backends.make
 
   beforeAll(async () => {
     cache = await startCacheServer({ root: fixtures.cacheDir, prefix: '/cache/' })
@@ -111,7 +108,7 @@ describe('the trust boundary of an HTTP cache', () => {
     internal.setFaults({ body: SECRET })
   })
   afterAll(async () => {
-    await Promise.all(backends.map((b) => b.close()))
+    await backends.closeAll()
     await Promise.all([cache, internal, cdn].map((s) => s.close()))
   })
 

@@ -1,0 +1,70 @@
+import { NarBackendError, NarNotFoundError, NarUnavailableError, parseNarHash, resolveNar } from '@narrace/core'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { backendsToClose } from './backends.js'
+import { startCacheServer, type CacheServer } from '../../../test/support/cache-server.js'
+import { fixtures } from '../../../test/fixtures/index.js'
+import { DEFAULT_CONNECTIONS, httpBackend, resolveNarInfo } from '../src/index.js'
+
+const small = fixtures.path('small')
+const narinfoPath = `${small.hashPart}.narinfo`
+
+describe('connections and statuses', () => {
+  let cache: CacheServer
+  const backends = backendsToClose()
+  const backend = backends.make
+
+  beforeAll(async () => {
+    cache = await startCacheServer({ root: fixtures.cacheDir })
+  })
+  afterEach(() => {
+    cache.clearFaults()
+    cache.requests.length = 0
+  })
+  afterAll(async () => {
+    await backends.closeAll()
+    await cache.close()
+  })
+
+  it('keeps at most `connections` requests open to the upstream at once and queues the rest', async () => {
+    expect(DEFAULT_CONNECTIONS).toBe(25)
+    const http = backend({ url: cache.url, connections: 2 })
+    cache.setFaults({ firstByteDelayMs: 150 })
+    cache.resetMaxInFlight()
+    const signal = new AbortController().signal
+    const sources = await Promise.all(Array.from({ length: 6 }, () => http.fetch(parseNarHash(small.fileHash), { signal })))
+    for (const source of sources) for await (const _ of source.body) void _
+    expect(cache.requests).toHaveLength(6)
+    expect(cache.maxInFlight).toBe(2)
+    expect(() => httpBackend({ url: cache.url, connections: 0 })).toThrow(RangeError)
+    expect(() => httpBackend({ url: cache.url, connections: 1.5 })).toThrow(RangeError)
+  })
+
+  it.each([404, 410, 403])('takes %i as "not here", for a NAR and a narinfo', async (status) => {
+    const http = backend({ url: cache.url })
+    cache.setFaults({ status })
+    await expect(resolveNar(small.fileHash, { backends: [http] })).rejects.toBeInstanceOf(NarNotFoundError)
+    await expect(resolveNarInfo(small.hashPart, { caches: [cache.url] })).rejects.toBeInstanceOf(NarNotFoundError)
+  })
+
+  it.each([500, 502, 503, 504, 429, 401])('takes %i as unavailable, never "not here", for a NAR and a narinfo', async (status) => {
+    const http = backend({ url: cache.url })
+    cache.setFaults({ status })
+    const nar = await resolveNar(small.fileHash, { backends: [http] }).catch((e: unknown) => e)
+    expect(nar).toBeInstanceOf(NarUnavailableError)
+    expect((nar as NarUnavailableError).errors[0]).toMatchObject({ name: 'NarBackendError', status })
+    const narinfo = await resolveNarInfo(small.hashPart, { caches: [cache.url] }).catch((e: unknown) => e)
+    expect(narinfo).toBeInstanceOf(NarUnavailableError)
+    expect((narinfo as NarUnavailableError).errors[0]).toBeInstanceOf(NarBackendError)
+    // One cache that is down and one that says "not here": still an outage, not a miss.
+    const other = await startCacheServer({ root: fixtures.cacheDir, faults: { status: 404 } })
+    try {
+      const mixed = await resolveNarInfo(small.hashPart, { caches: [other.url, cache.url] }).catch((e: unknown) => e)
+      expect(mixed).toBeInstanceOf(NarUnavailableError)
+    } finally {
+      await other.close()
+    }
+    // A server error is an answer: it does not count against the upstream's health.
+    expect(http.health.isUp()).toBe(true)
+    expect(cache.requests.map((r) => r.path)).toContain(`/${narinfoPath}`)
+  })
+})
