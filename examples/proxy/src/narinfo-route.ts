@@ -2,6 +2,7 @@ import type { ServerResponse } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import type { Dispatcher } from 'undici'
 import type { Logger } from 'pino'
+import { raceSignal } from 'race-signal'
 import type { ProxyMetrics } from './metrics.js'
 import { codeOf, message, NARINFO_TYPE, sendText, type RequestSignal } from './respond.js'
 import { resolveServedNarInfo, type ServedNarInfo } from './served-narinfo.js'
@@ -34,6 +35,8 @@ export interface NarInfoRouteContext {
   store?: ProxyStore
   narInfoTimeoutMs: number
   narInfoTtlMs: number
+  /** Fires when the proxy closes: it ends the lookups that several requests share. */
+  shutdown: AbortSignal
 }
 
 export interface NarInfoRoute {
@@ -49,6 +52,8 @@ export function createNarInfoRoute(context: NarInfoRouteContext): NarInfoRoute {
   const { metrics, logger, requestSignal, narInfoTimeoutMs, narInfoTtlMs } = context
   /** Found narinfo by hash part; a miss is never cached, since the path may be pushed upstream any time. */
   const narInfos = new Map<string, { served: ServedNarInfo; expires: number }>()
+  /** Lookups in flight, by hash part, shared by every request for it. */
+  const lookups = new Map<string, Promise<ServedNarInfo>>()
 
   function remember(hashPart: string, served: ServedNarInfo): void {
     if (narInfoTtlMs <= 0) return
@@ -60,15 +65,26 @@ export function createNarInfoRoute(context: NarInfoRouteContext): NarInfoRoute {
   async function lookupNarInfo(hashPart: string, signal: AbortSignal): Promise<{ served: ServedNarInfo; cached: boolean }> {
     const cached = narInfos.get(hashPart)
     if (cached && cached.expires > performance.now()) return { served: cached.served, cached: true }
-    const served = await resolveServedNarInfo(hashPart, {
-      upstreams: context.upstreams,
-      trustedKeys: context.trustedKeys,
-      signal,
-      dispatcher: context.dispatcher,
-    })
-    context.learn(served)
-    remember(hashPart, served)
-    return { served, cached: false }
+    let lookup = lookups.get(hashPart)
+    if (!lookup) {
+      // One lookup for every request asking at once; a client that leaves does not end it for the others.
+      lookup = resolveServedNarInfo(hashPart, {
+        upstreams: context.upstreams,
+        trustedKeys: context.trustedKeys,
+        signal: AbortSignal.any([context.shutdown, AbortSignal.timeout(narInfoTimeoutMs)]),
+        dispatcher: context.dispatcher,
+      })
+        .then((served) => {
+          context.learn(served)
+          remember(hashPart, served)
+          return served
+        })
+        .finally(() => lookups.delete(hashPart))
+      // Every waiting request may have left before it settles: its failure is theirs to hear, not the process's.
+      lookup.catch(() => {})
+      lookups.set(hashPart, lookup)
+    }
+    return { served: await raceSignal(lookup, signal), cached: false }
   }
 
   async function serveNarInfo(hashPart: string, res: ServerResponse, head: boolean): Promise<void> {

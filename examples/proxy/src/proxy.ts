@@ -135,6 +135,8 @@ export function createProxy(options: ProxyOptions): Proxy {
   const priority = options.priority ?? DEFAULT_PRIORITY
   const listenOn = options.listen ?? { host: '127.0.0.1', port: 0 }
   const inFlight = new Set<AbortController>()
+  /** Aborts what no single request owns (a narinfo lookup shared by several) when the proxy closes. */
+  const shutdown = new AbortController()
   let url: string | undefined
   let closing: Promise<void> | undefined
 
@@ -159,6 +161,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     store: options.store,
     narInfoTimeoutMs,
     narInfoTtlMs: options.narInfoTtlMs ?? DEFAULT_NARINFO_TTL_MS,
+    shutdown: shutdown.signal,
   })
   const { serveNar } = createNarRoute({
     index,
@@ -282,6 +285,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     close(): Promise<void> {
       closing ??= (async () => {
         cacheInfo.close()
+        shutdown.abort(new Error('the proxy is closing'))
         for (const controller of inFlight) controller.abort(new Error('the proxy is closing'))
         const closed = server.listening ? once(server, 'close') : Promise.resolve()
         server.close()

@@ -304,6 +304,14 @@ describe('the substituter proxy', () => {
     expect((await get(`${down.url}/nar/${small.hashPart}.nar.xz`)).status).toBe(503)
   })
 
+  it('shares one narinfo lookup among every request that asks at once', async () => {
+    const proxy = await start()
+    upstream.setFaults({ firstByteDelayMs: 200 })
+    const answers = await Promise.all(Array.from({ length: 20 }, () => get(`${proxy.url}/${small.hashPart}.narinfo`)))
+    expect(answers.every((a) => a.status === 200)).toBe(true)
+    expect(upstream.requests.filter((r) => r.path.endsWith('.narinfo'))).toHaveLength(1)
+  })
+
   it('still serves a NAR URL that an earlier version passed through, when the index knows it', async () => {
     // Written as older versions wrote it: the URL in the mapping itself, no per-upstream name.
     const index = openIndex()
