@@ -37,6 +37,10 @@ describe.skipIf(!built)('the demo', () => {
     expect(stdout).toMatch(/^NAR +size +winner +first byte +MB\/s +verified$/m)
     expect(stdout).toMatch(/wins: .*ipfs \d+/)
     expect(stdout).toMatch(/wins: .*torrent \d+/)
+    // The second pass comes from the proxy's store, and what entered the store was donated.
+    expect(stdout).toContain(`${total} of ${total} NARs served from the store, verified`)
+    for (const path of fixtures.paths) expect(stdout).toMatch(new RegExp(`^${path.name} .* store .* yes$`, 'm'))
+    expect(stdout).toMatch(new RegExp(`^donated +${total} NARs`, 'm'))
     for (const path of fixtures.paths) expect(stdout).toMatch(new RegExp(`^${path.name} .* yes$`, 'm'))
     if (nixOnPath) {
       expect(stdout).toMatch(/^fresh-2m .* yes$/m)

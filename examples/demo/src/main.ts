@@ -16,12 +16,16 @@ import { performance } from 'node:perf_hooks'
 import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { openIndex } from '@narrace/index'
-import { createProxy, DEFAULT_VERIFY_FIRST_BELOW } from '@narrace/proxy-example'
+import { createProxy, DEFAULT_VERIFY_FIRST_BELOW, Donation, ProxyStore } from '@narrace/proxy-example'
+import { openStore } from '@narrace/store'
+import { createClient } from '@narrace/torrent'
 import { pino } from 'pino'
 import { freshCache, nixEnv, type CachedPath, type FreshCache } from './fresh.js'
 import { startIpfs, startTorrent } from './swarm.js'
 import { deadUpstream, startUpstream } from './upstream.js'
 
+/** The proxy's store: every fixture NAR fits, so the second pass is served from it whole. */
+const STORE_MAX_BYTES = 256 * 1024 * 1024
 /** The demo gives up on its own after this long, whatever is still running. */
 const DEADLINE_MS = 50_000
 /** What makes the upstream "distant": a late first byte and a modest rate. */
@@ -152,22 +156,43 @@ async function demo(signal: AbortSignal): Promise<boolean> {
     signal.throwIfAborted()
 
     const winners = new Map<string, string>()
+    const donated = new Set<string>()
     const logs = new Writable({
       write(chunk: Buffer, _encoding, done) {
         for (const text of chunk.toString().split('\n')) {
           if (!text) continue
           const line = JSON.parse(text) as { msg?: string; nar?: string; winner?: string }
           if (line.msg === 'nar' && line.nar && line.winner) winners.set(line.nar, line.winner)
+          if (line.msg === 'donated' && line.nar) donated.add(line.nar)
         }
         done()
       },
     })
+    const logger = pino(logs)
+    // --store --donate --ipfs embedded: the proxy keeps what it serves, and gives it back to IPFS (through
+    // its own Helia node) and to the torrent swarm.
+    const storeDir = await mkdtemp(join(tmpdir(), 'narrace-demo-store-'))
+    cleanups.push(() => rm(storeDir, { recursive: true, force: true }))
+    const store = await openStore(storeDir, { maxBytes: STORE_MAX_BYTES })
+    cleanups.push(() => store.close())
+    const seeder = createClient()
+    seeder.on('error', () => {})
+    cleanups.push(() => new Promise((resolve) => seeder.destroy(resolve)))
+    const donation = new Donation({
+      store,
+      index,
+      logger,
+      ipfs: { helia: ipfs.helia },
+      torrent: { client: seeder, announce: torrent.announce },
+    })
+    cleanups.push(() => donation.close())
     const proxy = createProxy({
       upstreams: [dead, slow.url],
       trustedPublicKeys: publicKeys,
       index,
       backends: [ipfs.backend, torrent.backend],
-      logger: pino(logs),
+      logger,
+      store: new ProxyStore(store, { logger }),
     })
     cleanups.push(() => proxy.close())
     await proxy.listen()
@@ -176,16 +201,20 @@ async function demo(signal: AbortSignal): Promise<boolean> {
     const agent = new Agent({ keepAlive: true })
     cleanups.push(() => agent.destroy())
     say(`fetching ${paths.length} NARs through the proxy, each after its narinfo, as Nix does:\n`)
-    const rows: Row[] = []
-    for (const path of paths) {
-      const narinfo = await fetchTimed(`${proxy.url}/${path.hashPart}.narinfo`, agent, signal)
-      if (narinfo.status !== 200) throw new Error(`the proxy answered ${narinfo.status} for ${path.hashPart}.narinfo`)
-      const nar = await fetchTimed(`${proxy.url}/${path.url}`, agent, signal)
-      const verified =
-        nar.status === 200 && nar.complete && createHash('sha256').update(nar.body).digest('hex') === path.fileHashHex
-      const nix32 = path.url.slice('nar/'.length, -'.nar.xz'.length)
-      rows.push({ name: path.name, size: path.fileSize, winner: winners.get(nix32) ?? '?', firstByteMs: nar.firstByteMs, totalMs: nar.totalMs, verified })
+    const pass = async (): Promise<Row[]> => {
+      const rows: Row[] = []
+      for (const path of paths) {
+        const narinfo = await fetchTimed(`${proxy.url}/${path.hashPart}.narinfo`, agent, signal)
+        if (narinfo.status !== 200) throw new Error(`the proxy answered ${narinfo.status} for ${path.hashPart}.narinfo`)
+        const nar = await fetchTimed(`${proxy.url}/${path.url}`, agent, signal)
+        const verified =
+          nar.status === 200 && nar.complete && createHash('sha256').update(nar.body).digest('hex') === path.fileHashHex
+        const nix32 = path.url.slice('nar/'.length, -'.nar.xz'.length)
+        rows.push({ name: path.name, size: path.fileSize, winner: winners.get(nix32) ?? '?', firstByteMs: nar.firstByteMs, totalMs: nar.totalMs, verified })
+      }
+      return rows
     }
+    const rows = await pass()
     const label = (backend: string): string =>
       backend === slow.url ? 'slow cache' : backend === dead ? 'dead cache' : backend
     say(table(rows, label))
@@ -195,10 +224,18 @@ async function demo(signal: AbortSignal): Promise<boolean> {
     const verified = rows.filter((r) => r.verified).length
     say(`\n${verified} of ${rows.length} NARs verified against their FileHash; wins: ${[...wins].map(([k, n]) => `${k} ${n}`).join(', ')}`)
 
+    say(`\nsecond pass: the same NARs again, now kept in the proxy's store (${storeDir}):\n`)
+    const again = await pass()
+    say(table(again, label))
+    const fromStore = again.filter((r) => r.winner === 'store' && r.verified).length
+    say(`\n${fromStore} of ${again.length} NARs served from the store, verified; the upstreams were not asked for them`)
+    await donation.settled()
+    say(`donated     ${donated.size} NARs the store took in: added to IPFS through the proxy's Helia node, seeded as torrents`)
+
     const nix = await nixCopy(proxy.url, paths.map((p) => p.storePath), publicKeys, signal)
     say(nix)
     say(`done in ${((performance.now() - started) / 1000).toFixed(1)} s`)
-    return verified === rows.length && !nix.includes('FAILED')
+    return verified === rows.length && fromStore === again.length && !nix.includes('FAILED')
   } finally {
     for (const cleanup of cleanups.reverse()) await cleanup()
   }

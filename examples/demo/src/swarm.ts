@@ -39,13 +39,15 @@ function libp2p(node: Helia): { dial(address: unknown): Promise<unknown>; getMul
 }
 
 /** Two Helia nodes: one publishes `files`, the other backs the proxy's IPFS backend. */
-export async function startIpfs(files: string[], index: NarIndex): Promise<Swarm> {
+export async function startIpfs(files: string[], index: NarIndex): Promise<Swarm & { helia: Helia }> {
   const provider = await loopbackHelia()
   const fetcher = await loopbackHelia()
   await libp2p(fetcher).dial(libp2p(provider).getMultiaddrs()[0]!)
   for (const file of files) await publishToIpfs(file, { helia: provider, index })
   return {
     backend: ipfsBackend({ helia: fetcher, index }),
+    // The proxy's own node: what the proxy donates goes here, as with `--ipfs embedded`.
+    helia: fetcher,
     close: async () => {
       await fetcher.stop()
       await provider.stop()
@@ -54,7 +56,7 @@ export async function startIpfs(files: string[], index: NarIndex): Promise<Swarm
 }
 
 /** A tracker and one seeder holding `files`; the proxy's torrent backend downloads with a client of its own. */
-export async function startTorrent(files: string[], index: NarIndex): Promise<Swarm> {
+export async function startTorrent(files: string[], index: NarIndex): Promise<Swarm & { announce: string[] }> {
   const tracker = new TrackerServer({ http: true, udp: false, ws: false, stats: false })
   tracker.on('warning', () => {})
   await new Promise<void>((resolve, reject) => {
@@ -68,6 +70,7 @@ export async function startTorrent(files: string[], index: NarIndex): Promise<Sw
   const backend = torrentBackend({ index, announce })
   return {
     backend,
+    announce,
     close: async () => {
       await backend.close()
       await new Promise((resolve) => seeder.destroy(resolve))
