@@ -383,13 +383,14 @@ export class Stripe {
         throw new LostRaceError(`${runner.entry.name} lost segment ${segment.start} to a hedge`)
       }
     }
-    this.release(runner)
     for (const other of segment.runners) {
+      if (other === runner) continue
       // The other one lost: its connection stops. The runner that was there first was the slow one.
       other.outrun = this.outruns(runner, other)
       other.source?.close(new LostRaceError(`${other.entry.name} lost segment ${segment.start} to ${runner.entry.name}`))
     }
-    this.notify()
+    // Released last: its rate for this segment decides the others' fate above.
+    this.release(runner)
   }
 
   /** Keeps the bytes of `chunk` (at `at`) that are new to the segment. */

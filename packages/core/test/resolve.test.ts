@@ -247,8 +247,9 @@ describe('resolveNar: fail-over', () => {
 
   it('gives a source that ignores the offset the stall time per chunk it skips, not for the whole skip', async () => {
     const dies = scripted('dies', data, { failAt: 60_000 })
+    // The skip takes 60 chunks of 10 ms, twice the stall timeout, which still leaves room for a busy machine.
     const slowFromZero = scripted('slow-from-zero', data, { latencyMs: 20, ignoreOffset: true, chunkDelayMs: 10 })
-    const stream = await resolveNar(hash, { backends: [dies, slowFromZero], stallTimeoutMs: 100 })
+    const stream = await resolveNar(hash, { backends: [dies, slowFromZero], stallTimeoutMs: 300 })
     expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
     expect(stream.sources).toEqual(['dies', 'slow-from-zero'])
   })
