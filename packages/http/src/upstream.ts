@@ -116,6 +116,15 @@ function shown(url: URL): string {
   return copy.href
 }
 
+/** The login in a cache URL's user info (`https://user:pass@host/`), as curl takes it. */
+function userInfo(url: URL, name: string): { login: string; password: string } {
+  try {
+    return { login: decodeURIComponent(url.username), password: decodeURIComponent(url.password) }
+  } catch (error) {
+    throw new NarBackendError(`${name}: the user info of the cache URL is not valid percent-encoding`, { backend: name, cause: error })
+  }
+}
+
 /**
  * One binary cache as narrace reaches it: a keep-alive Agent whose connects refuse private addresses
  * the cache has no business with, undici's redirect interceptor with every hop checked against the
@@ -148,9 +157,7 @@ export class HttpUpstream {
 
     const credentials = Object.entries(options.headers ?? {}).map(([k, v]): [string, string] => [k.toLowerCase(), String(v)])
     if (!credentials.some(([k]) => k === 'authorization')) {
-      const login = raw.username || raw.password
-        ? { login: decodeURIComponent(raw.username), password: decodeURIComponent(raw.password) }
-        : credentialsFor(base, options.netrc)
+      const login = raw.username || raw.password ? userInfo(raw, name) : credentialsFor(base, options.netrc)
       if (login) {
         credentials.push(['authorization', `Basic ${Buffer.from(`${login.login}:${login.password}`).toString('base64')}`])
       }

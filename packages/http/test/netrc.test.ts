@@ -1,8 +1,12 @@
+import { NarBackendError, parseNarHash } from '@narrace/core'
+import { once } from 'node:events'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { credentialsFor, InvalidNetrcError, parseNetrc, parseUpstreamHeader, readNetrc, upstreamsWith } from '../src/index.js'
+import { credentialsFor, httpBackend, InvalidNetrcError, parseNetrc, parseUpstreamHeader, readNetrc, upstreamsWith } from '../src/index.js'
 
 describe('netrc', () => {
   it('reads machine, login and password on one line or many, as curl does for Nix', () => {
@@ -62,6 +66,32 @@ describe('netrc', () => {
       expect(credentialsFor('http://127.0.0.1:1234/', await readNetrc(join(dir, 'netrc')))).toEqual({ login: 'nix', password: 'pw' })
     } finally {
       await rm(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+describe('credentials in the cache URL', () => {
+  it('sends the user info of the cache URL as Basic authorization, and never names it', async () => {
+    const seen: (string | undefined)[] = []
+    const server = createServer((req, res) => {
+      seen.push(req.headers.authorization)
+      res.writeHead(404, { 'content-length': 0 })
+      res.end()
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    const { port } = server.address() as AddressInfo
+    const http = httpBackend({ url: `http://nix:p%40ss@127.0.0.1:${port}/` })
+    try {
+      expect(http.name).toBe(`http://127.0.0.1:${port}/`)
+      expect(http.url).toBe(`http://127.0.0.1:${port}/`)
+      const error = await http.fetch(parseNarHash(`sha256:${'0'.repeat(64)}`), { signal: new AbortController().signal }).catch((e: unknown) => e)
+      expect((error as Error).message).not.toContain('p@ss')
+      expect(seen).toEqual([`Basic ${Buffer.from('nix:p@ss').toString('base64')}`])
+      expect(() => httpBackend({ url: `http://nix:%zz@127.0.0.1:${port}/` })).toThrow(NarBackendError)
+    } finally {
+      await http.close()
+      server.close()
     }
   })
 })
