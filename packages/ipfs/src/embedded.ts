@@ -28,6 +28,15 @@ export const AMINO_BOOTSTRAP: readonly string[] = [
   '/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ',
 ]
 
+/** How long others keep this node's provider records: Amino's 48 hours. @default 172_800_000 */
+export const PROVIDER_RECORD_VALIDITY_MS = 172_800_000
+
+/** A provider record is published again when it has less than this left to live. @default 86_400_000 */
+export const REPROVIDE_THRESHOLD_MS = 86_400_000
+
+/** How often the DHT looks for records of its own that are due to be published again. @default 3_600_000 */
+export const REPROVIDE_CHECK_INTERVAL_MS = 3_600_000
+
 /** The libp2p services an embedded node runs, and nothing else. */
 export type EmbeddedServices = {
   identify: Identify
@@ -114,6 +123,14 @@ export async function createIpfsNode(options: CreateIpfsNodeOptions = {}): Promi
           // The public DHT is no place for private addresses; a private one (loopback, a LAN) is
           // nothing but.
           peerInfoMapper: publicDht ? removePrivateAddressesMapper : passthroughMapper,
+          // Records this node announced are published again a day before others drop them; the timer
+          // is the DHT's own, bounded in concurrency and queue, and stops with the node.
+          providers: { provideValidity: PROVIDER_RECORD_VALIDITY_MS / 1000 },
+          reprovide: {
+            validity: PROVIDER_RECORD_VALIDITY_MS,
+            threshold: REPROVIDE_THRESHOLD_MS,
+            interval: REPROVIDE_CHECK_INTERVAL_MS,
+          },
         }),
       },
       // Peers of a private DHT often share one host: libp2p would refuse more than a few inbound

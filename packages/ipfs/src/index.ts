@@ -14,3 +14,23 @@ export {
   type EmbeddedIpfsNode,
   type EmbeddedServices,
 } from './embedded.js'
+export { announceNar, DEFAULT_PROVIDE_TIMEOUT_MS, withdrawNar, type AnnounceResult } from './announce.js'
+export {
+  DEFAULT_DISCOVERY_ENOUGH_ANSWERS,
+  DEFAULT_DISCOVERY_MAX_PROVIDERS,
+  DEFAULT_DISCOVERY_TIMEOUT_MS,
+  discoverMappings,
+  type DiscoveredMapping,
+  type DiscoverOptions,
+} from './discover.js'
+export {
+  askMapping,
+  DEFAULT_MAPPING_TIMEOUT_MS,
+  MAPPING_ANSWER_MAX_BYTES,
+  MAPPING_MAX_INBOUND_STREAMS,
+  MAPPING_PROTOCOL,
+  MAPPING_REQUEST_MAX_BYTES,
+  serveMappings,
+  type MappingLookup,
+  type NarMapping,
+} from './mapping-protocol.js'

@@ -27,6 +27,8 @@ export interface IpfsNode {
   readonly kind: 'kubo' | 'helia'
   cat(cid: CID, options: { offset: number; length?: number | undefined; signal: AbortSignal }): AsyncIterable<Uint8Array>
   add(content: Uint8Array | AsyncIterable<Uint8Array>, options: { signal?: AbortSignal }): Promise<CID>
+  /** What the root block says the file is (Helia only): fetches that one block. */
+  stat?(cid: CID, options: { signal: AbortSignal }): Promise<{ type: 'file' | 'directory' | 'raw'; size: number }>
 }
 
 /** Kubo's and Helia's cat take the same range options; an offset of 0 is left out, as some nodes want. */
@@ -61,6 +63,10 @@ function heliaNode(helia: Pick<Helia, 'blockstore'>): IpfsNode {
   return {
     kind: 'helia',
     cat: (cid, { offset, length, signal }) => fs.cat(cid, catOptions(offset, length, signal)),
+    async stat(cid, { signal }) {
+      const stat = await fs.stat(cid, { signal })
+      return { type: stat.type, size: Number(stat.size) }
+    },
     add: (content, { signal }) =>
       content instanceof Uint8Array
         ? fs.addBytes(content, { ...addOptions, ...(signal ? { signal } : {}) })
