@@ -102,16 +102,14 @@ describe('a loopback DHT of Helia nodes finds a NAR by its FileHash alone', () =
     }
   })
 
-  it('skips a provider that lies about the mapping, marks its mapping bad, and still gets the NAR', async () => {
+  it('skips a provider that lies about the mapping and still gets the NAR', async () => {
     // The liar holds another file of the same size and says it is this NAR.
-    const other = await lieAbout(nar.hash, 5 * MiB)
+    await lieAbout(nar.hash, 5 * MiB)
     const { index, backend } = await discovering(5_000)
     try {
       const stream = await resolveNar(nar.hash, { backends: [backend], size: nar.bytes.length })
       expect((await readAll(stream)).equals(nar.bytes)).toBe(true)
-      expect(index.get(nar.hash)?.cid).toBe(narRoot)
-      // The lie is never taken again for this file.
-      index.put({ fileHash: nar.hash.toString(), cid: other.cid, size: nar.bytes.length })
+      // Whichever answered first, the mapping kept is the one that verified.
       expect(index.get(nar.hash)?.cid).toBe(narRoot)
     } finally {
       index.close()
