@@ -9,6 +9,12 @@ export const DEFAULT_STORE_MAX_BYTES = 10 * 1024 ** 3
 /** The `Priority` in nix-cache-info: below cache.nixos.org's 40, so Nix asks the proxy first. */
 export const DEFAULT_PRIORITY = 30
 export const DEFAULT_LISTEN = '127.0.0.1:8080'
+/** Verify-first buffering across all requests stays under this; larger NARs are verified on disk. @default 256 MiB */
+export const DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
+/** Downloads open at once to each upstream (Nix's `http-connections`). @default 25 */
+export const DEFAULT_MAX_CONNECTIONS = 25
+/** After SIGTERM, downloads in flight get this long to finish before they are aborted. @default 10 s */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000
 
 /** What the command line asks for. */
 export interface ProxyArgs {
@@ -36,6 +42,12 @@ export interface ProxyArgs {
   donate: boolean
   /** `--mappings-from URL`: other proxies asked for mappings the index lacks. */
   mappingsFrom: string[]
+  /** `--memory-budget BYTES` */
+  memoryBudget: number
+  /** `--max-connections N`, per upstream */
+  maxConnections: number
+  /** `--shutdown-grace SECONDS`, in ms */
+  shutdownGraceMs: number
 }
 
 /** Thrown for a command line the proxy can't run with; main prints the message and exits with 2. */
@@ -74,6 +86,11 @@ Options:
   --donate                        publish every NAR that enters the store to IPFS (--ipfs-api) and as a
                                   torrent (--torrent), recording the mappings; eviction withdraws them
   --mappings-from URL             another narrace proxy to ask for mappings the index lacks; repeat for more
+  --memory-budget BYTES           verify-first buffering across all requests stays under this; beyond it a
+                                  NAR is verified in a temporary file before it is sent (default ${DEFAULT_MEMORY_BUDGET})
+  --max-connections N             downloads open at once to each upstream; the rest queue (default ${DEFAULT_MAX_CONNECTIONS})
+  --shutdown-grace SECONDS        on SIGTERM, stop accepting and let downloads in flight finish this long,
+                                  then abort the rest (default ${DEFAULT_SHUTDOWN_GRACE_MS / 1000})
   -h, --help                      show this text
 
 Output: JSON log lines (pino) on stdout. The first one has the bound address in "url" and reads
@@ -99,6 +116,14 @@ function count(value: string, flag: string, max: number): number {
     throw new ProxyUsageError(`${flag}: '${value}' is not a whole number from 0 to ${max}`)
   }
   return Number(value)
+}
+
+/** A duration in seconds (`10`, `2.5`), at most a day, as whole ms. */
+function seconds(value: string, flag: string): number {
+  if (!/^\d+(\.\d+)?$/.test(value) || Number(value) > 86_400) {
+    throw new ProxyUsageError(`${flag}: '${value}' is not a number of seconds from 0 to 86400`)
+  }
+  return Math.round(Number(value) * 1000)
 }
 
 /** Reads `HOST:PORT`, `[v6]:PORT` or a bare `PORT` (on 127.0.0.1). */
@@ -156,6 +181,13 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
         : count(values['store-max-bytes'], '--store-max-bytes', Number.MAX_SAFE_INTEGER),
     donate: values.donate ?? false,
     mappingsFrom: (values['mappings-from'] ?? []).map((u) => httpUrl(u, '--mappings-from')),
+    memoryBudget:
+      values['memory-budget'] === undefined
+        ? DEFAULT_MEMORY_BUDGET
+        : count(values['memory-budget'], '--memory-budget', Number.MAX_SAFE_INTEGER),
+    maxConnections:
+      values['max-connections'] === undefined ? DEFAULT_MAX_CONNECTIONS : count(values['max-connections'], '--max-connections', 10_000),
+    shutdownGraceMs: values['shutdown-grace'] === undefined ? DEFAULT_SHUTDOWN_GRACE_MS : seconds(values['shutdown-grace'], '--shutdown-grace'),
   }
   if (result.help) return result
   if (result.upstreams.length === 0) throw new ProxyUsageError('at least one --upstream URL is needed')
@@ -171,6 +203,7 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
   if (result.store === '') throw new ProxyUsageError('--store: empty path')
   if (values['store-max-bytes'] !== undefined && result.store === undefined) throw new ProxyUsageError('--store-max-bytes needs --store')
   if (result.storeMaxBytes < 1) throw new ProxyUsageError('--store-max-bytes: must be at least 1')
+  if (result.maxConnections < 1) throw new ProxyUsageError('--max-connections: must be at least 1')
   if (result.donate && result.store === undefined) throw new ProxyUsageError('--donate needs --store: what is donated is what the store keeps')
   return result
 }
@@ -198,6 +231,9 @@ function parse(args: string[]) {
       'store-max-bytes': { type: 'string' },
       donate: { type: 'boolean' },
       'mappings-from': { type: 'string', multiple: true },
+      'memory-budget': { type: 'string' },
+      'max-connections': { type: 'string' },
+      'shutdown-grace': { type: 'string' },
     },
   })
 }

@@ -111,7 +111,9 @@ async function main(): Promise<void> {
   let index: NarIndex
   try {
     if (indexPath !== ':memory:') mkdirSync(dirname(indexPath), { recursive: true })
-    index = openIndex(indexPath)
+    // Writes are queued and batched off the request path: a lock held by another process makes them
+    // late, never a narinfo answer slow.
+    index = openIndex(indexPath, { deferWrites: true })
   } catch (error) {
     fail(`--index: ${(error as Error).message.split('\n')[0]}`)
   }
@@ -132,6 +134,8 @@ async function main(): Promise<void> {
     priority: args.priority,
     upstreamHeaders: upstreamHeaders(args.upstreams, { netrc, headers: args.upstreamHeaders }),
     maxPassthroughBytes: args.maxPassthroughBytes,
+    memoryBudget: args.memoryBudget,
+    maxConnections: args.maxConnections,
     ...(proxyStore ? { store: proxyStore } : {}),
     ...(peerMappings ? { peerMappings } : {}),
   })
@@ -146,7 +150,9 @@ async function main(): Promise<void> {
   const stop = async (signal: NodeJS.Signals): Promise<void> => {
     let code = 0
     try {
-      await proxy.close()
+      // SIGTERM drains (downloads in flight get the grace); SIGINT, a person at the terminal, stops at once.
+      if (signal === 'SIGTERM') await proxy.shutdown(args.shutdownGraceMs)
+      else await proxy.close()
       await donation?.close()
       await Promise.all(backends.map((backend) => backend.close?.()))
       if (torrentClient) await new Promise<void>((resolve) => torrentClient.destroy(() => resolve()))

@@ -1,5 +1,5 @@
-import type { NarEvent } from '@narrace/core'
-import { Counter, Histogram, Registry } from 'prom-client'
+import { isNarMismatch, type NarEvent } from '@narrace/core'
+import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 
 /** How a NAR request ended, as counted in `narrace_nar_requests_total`. */
 export type NarOutcome = 'ok' | 'not_found' | 'hash_mismatch' | 'failed' | 'aborted'
@@ -62,9 +62,22 @@ export class ProxyMetrics {
     registers: [this.registry],
   })
 
-  /** Counts a mismatch that ended a stream after its first byte had gone out. */
-  streamMismatch(sources: readonly string[]): void {
-    for (const backend of sources) this.mismatches.inc({ backend })
+  #upstreams: { upstream: string; isUp: () => boolean }[] = []
+  readonly upstreamUp = new Gauge({
+    name: 'narrace_upstream_up',
+    help: "1 while an upstream's circuit breaker lets requests through, 0 while it is skipped",
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+    // The breakers keep no timer, so their state is read when /metrics is scraped.
+    collect: () => {
+      for (const { upstream, isUp } of this.#upstreams) this.upstreamUp.set({ upstream }, isUp() ? 1 : 0)
+    },
+  })
+
+  /** The upstreams whose state `narrace_upstream_up` reports. */
+  watchUpstreams(upstreams: { upstream: string; isUp: () => boolean }[]): void {
+    this.#upstreams = upstreams
+    for (const { upstream, isUp } of upstreams) this.upstreamUp.set({ upstream }, isUp() ? 1 : 0)
   }
 
   /** Starts the accounting of one NAR request; feed it every event of its `resolveNar`. */
@@ -78,6 +91,8 @@ export class NarTracker {
   readonly tried = new Set<string>()
   private current: string | undefined
   private credited = 0
+  /** Backends already counted in narrace_hash_mismatches_total for this request. */
+  private readonly mismatched = new Set<string>()
 
   constructor(private readonly metrics: ProxyMetrics) {}
 
@@ -96,7 +111,8 @@ export class NarTracker {
       case 'fail': {
         const code = codeOf(event.error)
         this.metrics.failures.inc({ backend: event.backend, code })
-        if (code === 'NARRACE_HASH_MISMATCH') this.metrics.mismatches.inc({ backend: event.backend })
+        // One predicate for every mismatch, of size or hash, before the first byte or at the end.
+        if (isNarMismatch(event.error)) this.countMismatch(event.backend)
         break
       }
       case 'failover':
@@ -120,6 +136,17 @@ export class NarTracker {
       this.metrics.bytes.inc({ backend: this.current }, bytes - this.credited)
     }
     this.credited = Math.max(this.credited, bytes)
+  }
+
+  /** Counts a mismatch that ended the request, for each source not already counted through its `fail` event. */
+  mismatch(error: { sources: readonly string[] }): void {
+    for (const backend of error.sources) this.countMismatch(backend)
+  }
+
+  private countMismatch(backend: string): void {
+    if (this.mismatched.has(backend)) return
+    this.mismatched.add(backend)
+    this.metrics.mismatches.inc({ backend })
   }
 
   /** Counts a failure of the streaming source after the race (the core reports no `fail` for these). */

@@ -3,7 +3,8 @@ import { performance } from 'node:perf_hooks'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import {
-  NarHashMismatchError,
+  DEFAULT_MAX_NAR_BYTES,
+  isNarMismatch,
   NarraceError,
   parseNarHash,
   resolveNar,
@@ -18,6 +19,8 @@ import type { Logger } from 'pino'
 import type { ProxyMetrics, NarOutcome } from './metrics.js'
 import { isNotFound, type NarInfoRoute } from './narinfo-route.js'
 import type { PeerMappings } from './peer-mappings.js'
+import type { MemoryBudget } from './budget.js'
+import type { Spool } from './spool.js'
 import { codeOf, message, NAR_TYPE, sendText, type RequestSignal } from './respond.js'
 import type { Route } from './routes.js'
 import type { ProxyStore } from './store-wiring.js'
@@ -31,6 +34,8 @@ export interface NarRouteContext {
   upstreams: Map<string, HttpBackend>
   /** Everything raced for a verified NAR. */
   backends: NarBackend[]
+  /** The upstreams alone (under their own URLs): what a HEAD asks, never a torrent or a DHT. */
+  upstreamBackends: NarBackend[]
   metrics: ProxyMetrics
   logger: Logger
   requestSignal: RequestSignal
@@ -39,7 +44,32 @@ export interface NarRouteContext {
   peerMappings?: PeerMappings
   verifyFirstBelow: number
   stallTimeoutMs?: number
+  /** Passed to `resolveNar`. @default its own (1 KiB/s) */
+  minBytesPerSecond?: number
+  /** The bound for a file of which nothing is known. @default core's DEFAULT_MAX_NAR_BYTES (64 GiB) */
+  maxNarBytes?: number
   narInfoTimeoutMs: number
+  /** `--memory-budget`: what verify-first buffering may hold across all requests. */
+  budget: MemoryBudget
+  /** The folder where NARs past the budget are verified; opened on first use. */
+  spool: () => Promise<Spool>
+}
+
+/**
+ * The largest a compressed file can be for a NAR of `narSize` bytes: `narSize + narSize / 16 + 64 KiB`.
+ * xz, zstd, bzip2, brotli and lz4 grow incompressible input by well under 2 % plus a header of a few
+ * hundred bytes, so this bound is loose for every real file and still cuts an endless body early.
+ */
+export function compressedBound(narSize: number): number {
+  return narSize + Math.ceil(narSize / 16) + 64 * 1024
+}
+
+/** The HTTP status and outcome of a NAR that could not be served: 404 only when every source said "not here". */
+export function narFailure(error: unknown): { status: number; outcome: NarOutcome } {
+  if (isNarMismatch(error)) return { status: 502, outcome: 'hash_mismatch' }
+  if (codeOf(error) === 'NARRACE_NOT_FOUND') return { status: 404, outcome: 'not_found' }
+  // An outage (NarUnavailableError) or anything else: the file may exist, so Nix must not take it as missing.
+  return { status: 503, outcome: 'failed' }
 }
 
 /**
@@ -106,6 +136,23 @@ export function createNarRoute(context: NarRouteContext): { serveNar(route: NarR
     return undefined
   }
 
+  /**
+   * The most bytes the file may have when no FileSize is known: from its narinfo's NarSize (asked within
+   * the narinfo timeout), else maxNarBytes.
+   */
+  async function sizeBound(storePath: string | undefined, signal: AbortSignal): Promise<number> {
+    const fallback = context.maxNarBytes ?? DEFAULT_MAX_NAR_BYTES
+    const hashPart = storePath?.split('/').pop()?.slice(0, 32)
+    if (hashPart === undefined || !isStoreHashPart(hashPart)) return fallback
+    try {
+      const timeout = AbortSignal.timeout(context.narInfoTimeoutMs)
+      const { served } = await context.lookupNarInfo(hashPart, AbortSignal.any([signal, timeout]))
+      return Math.min(fallback, compressedBound(served.narInfo.narSize))
+    } catch {
+      return fallback
+    }
+  }
+
   async function serveNar(route: NarRequest, res: ServerResponse, head: boolean): Promise<void> {
     const hash = await narHashOf(route, res, head)
     if (!hash) return
@@ -117,15 +164,31 @@ export function createNarRoute(context: NarRouteContext): { serveNar(route: NarR
     let outcome: NarOutcome = 'ok'
     let failure: unknown
     const blame = context.peerMappings?.blame(hash, location)
+    // Verify-first holds the whole file in memory: only within the budget. Past it, the file is verified
+    // on disk instead, so that a crowd of clients costs disk, not memory.
+    let verifyFirstBelow = head ? 0 : context.verifyFirstBelow
+    let release: (() => void) | undefined
+    let spooled = false
+    if (verifyFirstBelow > 0 && (location?.size === undefined || location.size <= verifyFirstBelow)) {
+      release = context.budget.reserve(location?.size ?? verifyFirstBelow)
+      if (!release) {
+        spooled = true
+        verifyFirstBelow = 0
+      }
+    }
     try {
+      // HEAD answers from one cheap check of the upstreams; it never adds a torrent or asks a DHT.
+      const raced = head ? context.upstreamBackends : context.backends
       stream = await resolveNar(hash, {
-        backends: store ? store.backendsFor(hash, context.backends) : context.backends,
+        backends: store ? store.backendsFor(hash, raced) : raced,
         signal,
         size: location?.size,
+        maxNarBytes: location?.size === undefined ? await sizeBound(location?.storePath, signal) : context.maxNarBytes,
+        minBytesPerSecond: context.minBytesPerSecond,
         // The standard name; each upstream that named the file otherwise is asked under its own name.
         url: `nar/${hash.nix32}.nar${route.ext}`,
         // HEAD sends no body, so the first byte of a copy is enough to answer; no need to fetch it whole.
-        verifyFirstBelow: head ? 0 : context.verifyFirstBelow,
+        verifyFirstBelow,
         stallTimeoutMs: context.stallTimeoutMs,
         onEvent: blame
           ? (event) => {
@@ -136,24 +199,44 @@ export function createNarRoute(context: NarRouteContext): { serveNar(route: NarR
       })
     } catch (error) {
       failure = error
-      // A stored copy that failed verification before the first byte went out is dropped; Nix retries.
-      if (error instanceof NarHashMismatchError && error.sources.includes('store')) await store?.forget(hash)
-      if (signal.aborted) outcome = 'aborted'
-      else {
-        const code = codeOf(error)
-        outcome = code === 'NARRACE_NOT_FOUND' ? 'not_found' : code === 'NARRACE_HASH_MISMATCH' ? 'hash_mismatch' : 'failed'
-        sendText(res, head, outcome === 'not_found' ? 404 : 502, `${message(error)}\n`)
+      outcome = await failedBeforeFirstByte(error)
+    }
+
+    /** A failure before any byte went out: a stored copy that failed verification is dropped (Nix retries). */
+    async function failedBeforeFirstByte(error: unknown): Promise<NarOutcome> {
+      if (isNarMismatch(error)) {
+        if (error.sources.includes('store')) await store?.forget(hash!)
+        tracker.mismatch(error)
+      }
+      if (signal.aborted) return 'aborted'
+      const answer = narFailure(error)
+      sendText(res, head, answer.status, `${message(error)}\n`)
+      return answer.outcome
+    }
+
+    let file: Readable | undefined
+    if (stream && spooled && !head) {
+      try {
+        file = await (await context.spool()).verified(store ? store.tee(stream, route.path) : stream, signal)
+      } catch (error) {
+        failure = error
+        outcome = await failedBeforeFirstByte(error)
+        tracker.credit(stream.bytesRead)
+        stream = undefined
       }
     }
 
     if (stream) {
       const headers: Record<string, string> = { 'content-type': NAR_TYPE }
-      if (stream.size !== undefined) headers['content-length'] = String(stream.size)
+      const size = stream.size ?? (file ? stream.bytesRead : undefined)
+      if (size !== undefined) headers['content-length'] = String(size)
       res.writeHead(200, headers)
       try {
         if (head) {
           await stream[Symbol.asyncIterator]().return?.()
           res.end()
+        } else if (file) {
+          await pipeline(file, res)
         } else {
           const body = store ? store.tee(stream, route.path) : stream
           await pipeline(Readable.from(holdLast(body), { objectMode: false }), res)
@@ -163,16 +246,18 @@ export function createNarRoute(context: NarRouteContext): { serveNar(route: NarR
         // A late failure must reach Nix as a broken transfer: cut the connection, never end it cleanly.
         res.destroy()
         // Cutting the connection fires the request signal too, so the error's type decides, not the signal.
-        if (error instanceof NarHashMismatchError) {
+        if (isNarMismatch(error)) {
           if (error.sources.includes('store')) await store?.forget(hash)
           outcome = 'hash_mismatch'
-          metrics.streamMismatch(error.sources)
+          tracker.mismatch(error)
           tracker.streamFailed(error)
         } else if (error instanceof NarraceError || !signal.aborted) outcome = 'failed'
         else outcome = 'aborted'
       }
       tracker.credit(stream.bytesRead)
     }
+    file?.destroy()
+    release?.()
     done()
     tracker.outcome(outcome)
     const line = {

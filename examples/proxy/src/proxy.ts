@@ -7,11 +7,12 @@ import { openIndex, type NarIndex } from '@narrace/index'
 import { MAX_DOCUMENT_BYTES, parseCacheInfo } from '@narrace/narinfo'
 import { pino, type Logger } from 'pino'
 import { Agent } from 'undici'
-import { DEFAULT_PRIORITY, DEFAULT_VERIFY_FIRST_BELOW } from './args.js'
+import { DEFAULT_MAX_CONNECTIONS, DEFAULT_MEMORY_BUDGET, DEFAULT_PRIORITY, DEFAULT_VERIFY_FIRST_BELOW } from './args.js'
 import { upstreamCacheInfo } from './cache-info.js'
 import { credentialInterceptor } from './credentials.js'
 import { ProxyMetrics } from './metrics.js'
 import { serveMapping, serveMappingsSince } from './mappings-route.js'
+import { MemoryBudget } from './budget.js'
 import { createNarRoute } from './nar-route.js'
 import { createNarInfoRoute } from './narinfo-route.js'
 import { passthroughCounter, racePassthrough, servePassthrough } from './passthrough.js'
@@ -19,6 +20,7 @@ import type { PeerMappings } from './peer-mappings.js'
 import { sendText, type RequestSignal } from './respond.js'
 import { routeRequest, type Route } from './routes.js'
 import { learnNarInfo, servedNarInfo } from './served-narinfo.js'
+import { Spool } from './spool.js'
 import type { ProxyStore } from './store-wiring.js'
 import { perUpstreamUrls, type UpstreamNames } from './upstream-backends.js'
 
@@ -56,6 +58,16 @@ export interface ProxyOptions {
   narInfoTimeoutMs?: number
   /** Passed to `resolveNar`. @default its own (30 s) */
   stallTimeoutMs?: number
+  /** Passed to `resolveNar`: a source slower than this over `stallTimeoutMs` fails over. @default its own (1 KiB/s) */
+  minBytesPerSecond?: number
+  /** A file with no FileSize and no narinfo NarSize is cut here. @default core's DEFAULT_MAX_NAR_BYTES (64 GiB) */
+  maxNarBytes?: number
+  /** `--memory-budget`: verify-first buffering across all requests stays under this many bytes. @default 256 MiB */
+  memoryBudget?: number
+  /** Where NARs past the memory budget are verified on disk. @default DEFAULT_SPOOL_DIR */
+  spoolDir?: string
+  /** `--max-connections`: downloads open at once to each upstream; the rest queue. @default 25 */
+  maxConnections?: number
   /** @default pino at info level on stdout */
   logger?: Logger
   /** `--store`: answers first, keeps every NAR served and its narinfo. The caller closes it. */
@@ -73,6 +85,11 @@ export interface Proxy {
   listen(): Promise<string>
   /** Aborts every request in flight, closes connections, the upstream pools and an index it opened. */
   close(): Promise<void>
+  /**
+   * `--shutdown-grace`: stops accepting connections, lets the requests in flight finish for up to
+   * `graceMs`, then closes (aborting what is left).
+   */
+  shutdown(graceMs: number): Promise<void>
 }
 
 /**
@@ -87,8 +104,13 @@ export function createProxy(options: ProxyOptions): Proxy {
   const index = options.index ?? openIndex()
   const credentials = options.upstreamHeaders ?? {}
   const upstreams = new Map<string, HttpBackend>(
-    options.upstreams.map((url) => [url, httpBackend({ url, name: url, headers: credentials[url] })]),
+    options.upstreams.map((url) => [
+      url,
+      httpBackend({ url, name: url, headers: credentials[url], connections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS }),
+    ]),
   )
+  // narrace_upstream_up follows each upstream's circuit breaker; it keeps no timer, so read it at scrape time.
+  metrics.watchUpstreams([...upstreams].map(([url, backend]) => ({ upstream: url, isUp: () => backend.health.isUp() })))
   // narinfo and passthrough requests go through a pool the proxy owns, so that close() leaves no socket
   // behind; it adds each upstream's credentials to the requests for that upstream alone.
   const narInfoAgent = new Agent({ connect: { timeout: DEFAULT_CONNECT_TIMEOUT_MS } })
@@ -139,16 +161,22 @@ export function createProxy(options: ProxyOptions): Proxy {
   const shutdown = new AbortController()
   let url: string | undefined
   let closing: Promise<void> | undefined
+  let spool: Promise<Spool> | undefined
 
+  /** Called whenever a request leaves `inFlight`; shutdown() waits on it for the set to empty. */
+  let onSettled: (() => void) | undefined
+  const settle = (controller: AbortController): void => {
+    if (inFlight.delete(controller) && inFlight.size === 0) onSettled?.()
+  }
   const requestSignal: RequestSignal = (res) => {
     const controller = new AbortController()
     inFlight.add(controller)
     const onClose = (): void => {
       if (!res.writableFinished) controller.abort(new Error('the client disconnected'))
-      inFlight.delete(controller)
+      settle(controller)
     }
     res.once('close', onClose)
-    return { signal: controller.signal, done: () => inFlight.delete(controller) }
+    return { signal: controller.signal, done: () => settle(controller) }
   }
   const { lookupNarInfo, serveNarInfo } = createNarInfoRoute({
     upstreams: options.upstreams,
@@ -167,6 +195,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     index,
     upstreams,
     backends,
+    upstreamBackends,
     metrics,
     logger,
     requestSignal,
@@ -175,7 +204,11 @@ export function createProxy(options: ProxyOptions): Proxy {
     peerMappings: options.peerMappings,
     verifyFirstBelow,
     stallTimeoutMs: options.stallTimeoutMs,
+    minBytesPerSecond: options.minBytesPerSecond,
+    maxNarBytes: options.maxNarBytes,
     narInfoTimeoutMs,
+    budget: new MemoryBudget(options.memoryBudget ?? DEFAULT_MEMORY_BUDGET),
+    spool: () => (spool ??= Spool.open(options.spoolDir)),
   })
 
   const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: 10_000 }, (req, res) => {
@@ -282,16 +315,38 @@ export function createProxy(options: ProxyOptions): Proxy {
       url = `http://${host}:${address.port}`
       return url
     },
+    async shutdown(graceMs: number): Promise<void> {
+      // No new connections; idle keep-alive ones go now, busy ones once their answer is out.
+      server.close()
+      server.closeIdleConnections()
+      const idle = setInterval(() => server.closeIdleConnections(), 100)
+      try {
+        if (inFlight.size > 0) {
+          let timer: NodeJS.Timeout | undefined
+          await Promise.race([
+            new Promise<void>((resolve) => (onSettled = resolve)),
+            new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs))),
+          ])
+          clearTimeout(timer)
+        }
+      } finally {
+        clearInterval(idle)
+        onSettled = undefined
+      }
+      if (inFlight.size > 0) logger.warn({ aborted: inFlight.size }, 'shutdown grace over: aborting the downloads left')
+      await this.close()
+    },
     close(): Promise<void> {
       closing ??= (async () => {
         cacheInfo.close()
         shutdown.abort(new Error('the proxy is closing'))
         for (const controller of inFlight) controller.abort(new Error('the proxy is closing'))
         const closed = server.listening ? once(server, 'close') : Promise.resolve()
-        server.close()
+        if (server.listening) server.close()
         server.closeAllConnections()
         await closed
         await Promise.all([...[...upstreams.values()].map((backend) => backend.close()), narInfoAgent.destroy()])
+        if (spool) await (await spool.catch(() => undefined))?.close()
         if (ownIndex) index.close()
       })()
       return closing

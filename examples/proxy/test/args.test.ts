@@ -1,5 +1,14 @@
 import { describe, expect, it } from 'vitest'
-import { DEFAULT_PRIORITY, DEFAULT_STORE_MAX_BYTES, DEFAULT_VERIFY_FIRST_BELOW, parseProxyArgs, ProxyUsageError } from '../src/args.js'
+import {
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MEMORY_BUDGET,
+  DEFAULT_PRIORITY,
+  DEFAULT_SHUTDOWN_GRACE_MS,
+  DEFAULT_STORE_MAX_BYTES,
+  DEFAULT_VERIFY_FIRST_BELOW,
+  parseProxyArgs,
+  ProxyUsageError,
+} from '../src/args.js'
 
 const key = 'narrace-test-1:YZ/zkSVchtgpVRzyLLqyMFCKorcByGwjUXf5v27jw8s='
 
@@ -38,6 +47,9 @@ describe('parseProxyArgs', () => {
         { upstream: 'http://127.0.0.1:1', name: 'x-api-key', value: 'k' },
       ],
       maxPassthroughBytes: 1000,
+      memoryBudget: DEFAULT_MEMORY_BUDGET,
+      maxConnections: DEFAULT_MAX_CONNECTIONS,
+      shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
       store: undefined,
       storeMaxBytes: DEFAULT_STORE_MAX_BYTES,
       donate: false,
@@ -60,6 +72,18 @@ describe('parseProxyArgs', () => {
     expect(() => parseProxyArgs(['--upstream', 'http://127.0.0.1:1', '--store-max-bytes', '5'])).toThrow(/needs --store/)
     expect(() => parseProxyArgs(['--upstream', 'http://127.0.0.1:1', '--store', 'x', '--store-max-bytes', '0'])).toThrow(/at least 1/)
     expect(() => parseProxyArgs(['--upstream', 'http://127.0.0.1:1', '--mappings-from', 'ftp://x'])).toThrow(/--mappings-from/)
+  })
+
+  it('reads the load flags: --memory-budget, --max-connections, --shutdown-grace', () => {
+    const up = ['--upstream', 'http://127.0.0.1:1']
+    const args = parseProxyArgs([...up, '--memory-budget', '1048576', '--max-connections', '4', '--shutdown-grace', '2.5'])
+    expect(args).toMatchObject({ memoryBudget: 1_048_576, maxConnections: 4, shutdownGraceMs: 2500 })
+    const defaults = parseProxyArgs(up)
+    expect(defaults).toMatchObject({ memoryBudget: 256 * 1024 * 1024, maxConnections: 25, shutdownGraceMs: 10_000 })
+    expect(parseProxyArgs([...up, '--memory-budget', '0']).memoryBudget).toBe(0)
+    expect(() => parseProxyArgs([...up, '--max-connections', '0'])).toThrow(/--max-connections: must be at least 1/)
+    expect(() => parseProxyArgs([...up, '--memory-budget', '1G'])).toThrow(/--memory-budget/)
+    expect(() => parseProxyArgs([...up, '--shutdown-grace', '-1'])).toThrow(/--shutdown-grace/)
   })
 
   it('has defaults, and takes the separator pnpm passes through', () => {

@@ -10,6 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { fixtures } from '../../../test/fixtures/index.js'
 import { refusedUrl, startCacheServer, type CacheServer } from '../../../test/support/cache-server.js'
 import { createProxy, type Proxy, type ProxyOptions } from '../src/proxy.js'
+import { sample } from './support/metrics.js'
 import { get, raw } from './support/client.js'
 
 const small = fixtures.path('small')
@@ -26,17 +27,6 @@ function capture(): { logger: Logger; lines: Record<string, unknown>[] } {
     },
   })
   return { logger: pino(sink), lines }
-}
-
-/** Reads one sample of a metric from the Prometheus text, summing every series whose labels contain `labels`. */
-function sample(text: string, name: string, labels = ''): number {
-  let sum = 0
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name) || (line[name.length] !== ' ' && line[name.length] !== '{')) continue
-    if (!line.includes(labels)) continue
-    sum += Number(line.slice(line.lastIndexOf(' ') + 1))
-  }
-  return sum
 }
 
 /** Waits, bounded, for `check` to hold. */
