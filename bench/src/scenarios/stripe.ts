@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { availableParallelism, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { resolveNar, type NarBackend, type NarSource } from '@narrace/core'
 import { Closer } from '../caches.js'
@@ -306,8 +306,10 @@ export const stripe: Scenario = {
         })(),
       },
     )
+    const [load] = loadavg()
     return {
       assumptions: [
+        `Load average at the end of the run: ${round(load!)} on ${availableParallelism()} cores. Striping needs CPU for two streams at once; on a busy machine its times suffer first.`,
         `One ${formatSize(SIZE)} NAR from one bench server (its own process) behind shapers in another process: two fast-cdn links (20 ms RTT, 50 MiB/s each) and a far-cache link (250 ms, 2 MiB/s). narrace runs with its defaults (stripeAbove 8 MiB, connectionsPerSource 2, maxBufferBytes 32 MiB) and new backends, so cold connections, each run.`,
         'Variants take turns run by run after one warm-up. Times are from the call to resolveNar to the verified end; aria2c is its own wall time as a process, writing to a tmpfs, with the flags the issue names and no checksum.',
         'Bytes fetched twice come from every chunk each backend yielded: a hedge duplicates by design (a request started over a range another live request still covered, and what that request sent after it); the opening race can let a loser send a chunk before its abort. Anything else must be 0.',
