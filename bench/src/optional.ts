@@ -84,8 +84,22 @@ export interface ProxyModule {
     upstreams: string[]
     trustedPublicKeys?: string[]
     logger?: unknown
+    store?: unknown
   }): { readonly url: string; listen(): Promise<string>; close(): Promise<void> }
+  /** `--store`'s wiring, for the store scenario. */
+  ProxyStore?: new (store: unknown, options: { logger: unknown }) => unknown
 }
+
+/** `@narrace/store`, as the bench uses it. */
+export interface StoreModule {
+  openStore(
+    dir: string,
+    options: { maxBytes: number },
+  ): Promise<{ entries(): { path: string }[]; close(): Promise<void> }>
+}
+
+/** Loads `@narrace/store`. */
+export const loadStore = (): Promise<Loaded<StoreModule>> => load('@narrace/store', ['openStore'])
 
 /** Loads the substituter proxy. */
 export const loadProxy = (): Promise<Loaded<ProxyModule>> => load('@narrace/proxy-example', ['createProxy'])
