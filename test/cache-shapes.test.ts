@@ -106,16 +106,21 @@ describe('credentials of a private upstream', () => {
     locked.setFile(narinfo.url, { body: Buffer.alloc(0), type: 'text/plain', status: 302, headers: { location: `${elsewhere.url}moved.nar.zst` } })
     const proxy = createProxy({
       logger: pino({ level: 'silent' }),
-      upstreams: [locked.url],
+      upstreams: [{ url: locked.url, headers: { authorization: token } }],
       trustedPublicKeys: trusted,
-      upstreamHeaders: { [locked.url]: { authorization: token } },
     })
     try {
       await proxy.listen()
       const served = parseNarInfo((await get(`${proxy.url}/${small.hashPart}.narinfo`)).body.toString())
       // Whether the redirect is followed or refused, the token stays with its own origin.
       await get(`${proxy.url}/${served.url}`)
-      expect(locked.requests.length).toBeGreaterThanOrEqual(3)
+      // Build logs and the other passthrough files go through the same credentials.
+      const drv = `${small.hashPart}-small.drv`
+      locked.setFile(`log/${drv}`, { body: Buffer.from('a log\n'), type: 'text/plain' })
+      const log = await get(`${proxy.url}/log/${drv}`)
+      expect(log.status).toBe(200)
+      expect(log.body.toString()).toBe('a log\n')
+      expect(locked.requests.length).toBeGreaterThanOrEqual(4)
       expect(locked.requests.every((r) => r.headers.authorization === token)).toBe(true)
       expect(elsewhere.requests.filter((r) => r.headers.authorization !== undefined)).toEqual([])
     } finally {

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util'
-import { CredentialsError, parseUpstreamHeader, type UpstreamHeader } from './credentials.js'
+import { parseUpstreamHeader, upstreamsWith, type UpstreamHeader } from '@narrace/http'
 import { DEFAULT_MAX_PASSTHROUGH_BYTES } from './passthrough.js'
 
 /** NARs at or below this size are verified whole before the first byte goes out. */
@@ -26,7 +26,7 @@ export interface ProxyArgs {
   index: string | undefined
   /** A netrc file with credentials for the upstreams, as Nix's `netrc-file`. */
   netrcFile: string | undefined
-  /** From each `--upstream-header 'URL=Name: value'`; the URL is one of `upstreams`. */
+  /** From each `--upstream-header 'URL=Name: value'`; the URL is one of `upstreams` (a trailing slash aside). */
   upstreamHeaders: UpstreamHeader[]
   maxPassthroughBytes: number
   ipfsApi: string | undefined
@@ -194,9 +194,11 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
   if (result.index === '') throw new ProxyUsageError('--index: empty path')
   if (result.netrcFile === '') throw new ProxyUsageError('--netrc-file: empty path')
   try {
-    result.upstreamHeaders = (values['upstream-header'] ?? []).map((h) => parseUpstreamHeader(h, result.upstreams))
+    result.upstreamHeaders = (values['upstream-header'] ?? []).map((h) => parseUpstreamHeader(h))
+    // A header for a URL that is not an upstream is a mistake the user must hear about now.
+    upstreamsWith(result.upstreams, { headers: result.upstreamHeaders })
   } catch (error) {
-    if (error instanceof CredentialsError) throw new ProxyUsageError(error.message)
+    if (error instanceof TypeError) throw new ProxyUsageError(`--upstream-header: ${error.message.split('\n')[0]}`)
     throw error
   }
   if (result.announce.length > 0 && !result.torrent) throw new ProxyUsageError('--announce needs --torrent')

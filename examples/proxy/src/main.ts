@@ -2,6 +2,7 @@
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import type { NarBackend } from '@narrace/core'
+import { readNetrc, upstreamsWith, type Netrc } from '@narrace/http'
 import { openIndex, type NarIndex } from '@narrace/index'
 import { openStore, type NarStore } from '@narrace/store'
 import type { WebTorrent } from '@narrace/torrent'
@@ -12,7 +13,6 @@ import { PeerMappings } from './peer-mappings.js'
 import { ProxyStore } from './store-wiring.js'
 import { parseProxyArgs, ProxyUsageError, USAGE, type ProxyArgs } from './args.js'
 import { UpstreamStoreDirError } from './cache-info.js'
-import { CredentialsError, readNetrc, upstreamHeaders, type NetrcEntry } from './credentials.js'
 import { createProxy } from './proxy.js'
 
 /** Backends that own resources the proxy must release on exit. */
@@ -99,12 +99,11 @@ async function main(): Promise<void> {
     process.stdout.write(USAGE)
     return
   }
-  let netrc: NetrcEntry[] | undefined
+  let netrc: Netrc | undefined
   try {
-    netrc = args.netrcFile === undefined ? undefined : readNetrc(args.netrcFile)
+    netrc = args.netrcFile === undefined ? undefined : await readNetrc(args.netrcFile)
   } catch (error) {
-    if (error instanceof CredentialsError) fail(error.message.split('\n')[0]!)
-    throw error
+    fail(`--netrc-file ${args.netrcFile}: ${(error as Error).message.split('\n')[0]}`)
   }
   // The index `narrace index` uses, so that a restart (and the CLI) keeps what the proxy learned.
   const indexPath = args.index ?? defaultIndexPath()
@@ -125,14 +124,13 @@ async function main(): Promise<void> {
   const { store, proxyStore, donation } = await openStoreParts(args, index, logger, torrentClient)
   const proxy = createProxy({
     logger,
-    upstreams: args.upstreams,
+    upstreams: upstreamsWith(args.upstreams, { netrc, headers: args.upstreamHeaders }),
     trustedPublicKeys: args.trustedPublicKeys,
     index,
     backends,
     listen: args.listen,
     verifyFirstBelow: args.verifyFirstBelow,
     priority: args.priority,
-    upstreamHeaders: upstreamHeaders(args.upstreams, { netrc, headers: args.upstreamHeaders }),
     maxPassthroughBytes: args.maxPassthroughBytes,
     memoryBudget: args.memoryBudget,
     maxConnections: args.maxConnections,

@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http'
 import { performance } from 'node:perf_hooks'
-import type { Dispatcher } from 'undici'
+import type { HttpBackend } from '@narrace/http'
 import type { Logger } from 'pino'
 import { raceSignal } from 'race-signal'
 import type { ProxyMetrics } from './metrics.js'
@@ -24,9 +24,9 @@ export function isNotFound(error: unknown): boolean {
 }
 
 export interface NarInfoRouteContext {
-  upstreams: string[]
+  /** The upstreams' backends, each named by its URL as given. */
+  upstreams: HttpBackend[]
   trustedKeys: string[] | undefined
-  dispatcher: Dispatcher
   metrics: ProxyMetrics
   logger: Logger
   requestSignal: RequestSignal
@@ -72,7 +72,6 @@ export function createNarInfoRoute(context: NarInfoRouteContext): NarInfoRoute {
         upstreams: context.upstreams,
         trustedKeys: context.trustedKeys,
         signal: AbortSignal.any([context.shutdown, AbortSignal.timeout(narInfoTimeoutMs)]),
-        dispatcher: context.dispatcher,
       })
         .then((served) => {
           context.learn(served)

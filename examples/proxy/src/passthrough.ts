@@ -17,13 +17,26 @@ export const DEFAULT_PASSTHROUGH_BODY_TIMEOUT_MS = 30_000
 export interface PassthroughUpstream {
   /** The cache URL, with a trailing slash: the file is asked for under its path. */
   url: string
-  /** Sent with the request (credentials): it goes to this upstream's origin only. */
-  headers?: Record<string, string>
+  /** The upstream's own dispatcher: its connections, its credentials (on its own origin only), its checks. */
+  dispatcher: Dispatcher
+}
+
+/** The key under which an httpBackend carries its upstream (`@narrace/http` shares it with resolveNarInfo). */
+const kUpstream = Symbol.for('@narrace/http/upstream')
+
+/**
+ * The dispatcher of an httpBackend's upstream: every request through it gets the upstream's credentials
+ * on its own origin and nowhere else, and the origin, prefix and address checks. Throws when the backend
+ * carries none, rather than sending a request without them.
+ */
+export function upstreamDispatcher(backend: object): Dispatcher {
+  const dispatcher = (backend as { [kUpstream]?: { dispatcher?: Dispatcher } })[kUpstream]?.dispatcher
+  if (!dispatcher) throw new TypeError('an httpBackend without its upstream: @narrace/http changed what it shares')
+  return dispatcher
 }
 
 export interface PassthroughOptions {
   upstreams: readonly PassthroughUpstream[]
-  dispatcher: Dispatcher
   signal: AbortSignal
   /** @default DEFAULT_MAX_PASSTHROUGH_BYTES */
   maxBytes?: number
@@ -51,8 +64,9 @@ function header(value: string | string[] | undefined): string | undefined {
 
 /**
  * Asks every upstream for `target` (a path relative to the cache, already validated) at once; the first
- * 200 wins and the others are aborted. Redirects are not followed: a file a cache keeps elsewhere is not
- * fetched on its word. The bytes are not verified (nothing signs them): they stream through, cut at
+ * 200 wins and the others are aborted. Redirects go only where the upstream's own checks allow (its
+ * origin and path, or its `allowedOrigins`), without credentials off its origin. The bytes are not
+ * verified (nothing signs them): they stream through, cut at
  * `maxBytes`. Rejects with NarNotFoundError when every upstream said it has no such file, otherwise with
  * NarUnavailableError listing each upstream's error.
  */
@@ -65,9 +79,8 @@ export async function racePassthrough(target: string, options: PassthroughOption
     let response: Dispatcher.ResponseData
     try {
       response = await request(url, {
-        dispatcher: options.dispatcher,
+        dispatcher: upstream.dispatcher,
         method: 'GET',
-        headers: { ...upstream.headers },
         signal,
         headersTimeout: options.headersTimeoutMs ?? DEFAULT_PASSTHROUGH_HEADERS_TIMEOUT_MS,
         bodyTimeout: DEFAULT_PASSTHROUGH_BODY_TIMEOUT_MS,

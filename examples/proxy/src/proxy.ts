@@ -2,20 +2,17 @@ import { once } from 'node:events'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import type { NarBackend } from '@narrace/core'
-import { DEFAULT_CONNECT_TIMEOUT_MS, httpBackend, resolveNarInfo, type HttpBackend } from '@narrace/http'
+import { fetchCacheInfo, httpBackend, resolveNarInfo, type HttpBackend, type Upstream } from '@narrace/http'
 import { openIndex, type NarIndex } from '@narrace/index'
-import { MAX_DOCUMENT_BYTES, parseCacheInfo } from '@narrace/narinfo'
 import { pino, type Logger } from 'pino'
-import { Agent } from 'undici'
 import { DEFAULT_MAX_CONNECTIONS, DEFAULT_MEMORY_BUDGET, DEFAULT_PRIORITY, DEFAULT_VERIFY_FIRST_BELOW } from './args.js'
 import { upstreamCacheInfo } from './cache-info.js'
-import { credentialInterceptor } from './credentials.js'
 import { ProxyMetrics } from './metrics.js'
 import { serveMapping, serveMappingsSince } from './mappings-route.js'
 import { MemoryBudget } from './budget.js'
 import { createNarRoute } from './nar-route.js'
 import { createNarInfoRoute } from './narinfo-route.js'
-import { passthroughCounter, racePassthrough, servePassthrough } from './passthrough.js'
+import { passthroughCounter, servePassthrough, upstreamDispatcher } from './passthrough.js'
 import type { PeerMappings } from './peer-mappings.js'
 import { sendText, type RequestSignal } from './respond.js'
 import { routeRequest, type Route } from './routes.js'
@@ -32,14 +29,15 @@ export const MAX_HEADER_BYTES = 16 * 1024
 export const DEFAULT_NARINFO_TTL_MS = 60 * 60 * 1000
 
 export interface ProxyOptions {
-  /** The HTTP binary caches to race, for narinfo and NARs. */
-  upstreams: string[]
+  /**
+   * The HTTP binary caches to race, for narinfo and NARs: URLs, or URLs with options (`headers`, `netrc`
+   * credentials, `allowedOrigins`, …) as `httpBackend` takes them; each is named by its URL as given.
+   */
+  upstreams: Upstream[]
   /** Serve only narinfo signed by one of these `name:base64` keys. @default [] (not checked) */
   trustedPublicKeys?: string[]
   /** Where narinfo FileHash, FileSize and each upstream's URL are remembered, and p2p mappings read. @default openIndex() in memory */
   index?: NarIndex
-  /** Request headers per upstream URL (as in `upstreams`): credentials, sent to that upstream's origin and path only. */
-  upstreamHeaders?: Record<string, Record<string, string>>
   /** Build logs, listings, realisations and debuginfo passed through are cut at this size. @default 64 MiB */
   maxPassthroughBytes?: number
   /** An upstream whose nix-cache-info could not be read is asked again at most this often. @default 30000 */
@@ -102,29 +100,26 @@ export function createProxy(options: ProxyOptions): Proxy {
   const metrics = new ProxyMetrics()
   const ownIndex = options.index === undefined
   const index = options.index ?? openIndex()
-  const credentials = options.upstreamHeaders ?? {}
+  // One backend per upstream, for NARs, narinfo and every other file: its connections, credentials (to
+  // its own origin only), origin checks and circuit breaker are shared by all of them.
   const upstreams = new Map<string, HttpBackend>(
-    options.upstreams.map((url) => [
-      url,
-      httpBackend({ url, name: url, headers: credentials[url], connections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS }),
-    ]),
+    options.upstreams.map((upstream) => {
+      const given = typeof upstream === 'string' ? { url: upstream } : upstream
+      return [given.url, httpBackend({ name: given.url, connections: options.maxConnections ?? DEFAULT_MAX_CONNECTIONS, ...given })]
+    }),
   )
+  const upstreamUrls = [...upstreams.keys()]
   // narrace_upstream_up follows each upstream's circuit breaker; it keeps no timer, so read it at scrape time.
   metrics.watchUpstreams([...upstreams].map(([url, backend]) => ({ upstream: url, isUp: () => backend.health.isUp() })))
-  // narinfo and passthrough requests go through a pool the proxy owns, so that close() leaves no socket
-  // behind; it adds each upstream's credentials to the requests for that upstream alone.
-  const narInfoAgent = new Agent({ connect: { timeout: DEFAULT_CONNECT_TIMEOUT_MS } })
-  const upstreamDispatcher = narInfoAgent.compose(credentialInterceptor(credentials))
   const trustedKeys = options.trustedPublicKeys?.length ? options.trustedPublicKeys : undefined
   const narInfoTimeoutMs = options.narInfoTimeoutMs ?? DEFAULT_NARINFO_TIMEOUT_MS
   const names: UpstreamNames = {
     index,
     async narInfo(upstream, hashPart, signal) {
       const found = await resolveNarInfo(hashPart, {
-        caches: [upstream],
+        caches: [upstreams.get(upstream)!],
         trustedKeys,
         signal: AbortSignal.any([signal, AbortSignal.timeout(narInfoTimeoutMs)]),
-        dispatcher: upstreamDispatcher,
       })
       return servedNarInfo(found.cache, found.narInfo, found.text, hashPart)
     },
@@ -139,18 +134,16 @@ export function createProxy(options: ProxyOptions): Proxy {
   // Each upstream is asked for a file under the name its own narinfo gave it.
   const upstreamBackends = [...upstreams].map(([url, backend]) => perUpstreamUrls(backend, url, names))
   const backends: NarBackend[] = [...upstreamBackends, ...(options.backends ?? [])]
-  const passthroughUpstreams = options.upstreams.map((url) => ({ url: new URL(url.endsWith('/') ? url : `${url}/`).href }))
   const passthrough = {
-    upstreams: passthroughUpstreams,
-    dispatcher: upstreamDispatcher,
+    upstreams: [...upstreams.values()].map((backend) => ({ url: backend.url, dispatcher: upstreamDispatcher(backend) })),
     maxBytes: options.maxPassthroughBytes,
     logger,
     counter: passthroughCounter(metrics.registry),
   }
   const cacheInfo = upstreamCacheInfo({
-    upstreams: options.upstreams,
+    upstreams: upstreamUrls,
     retryMs: options.cacheInfoRetryMs,
-    fetch: (upstream, signal) => fetchCacheInfo(upstream, signal),
+    fetch: (upstream, signal) => fetchCacheInfo(upstreams.get(upstream)!, { signal }),
     onError: (upstream, error) => logger.warn({ upstream, err: error }, 'nix-cache-info not read'),
   })
   const verifyFirstBelow = options.verifyFirstBelow ?? DEFAULT_VERIFY_FIRST_BELOW
@@ -179,9 +172,8 @@ export function createProxy(options: ProxyOptions): Proxy {
     return { signal: controller.signal, done: () => settle(controller) }
   }
   const { lookupNarInfo, serveNarInfo } = createNarInfoRoute({
-    upstreams: options.upstreams,
+    upstreams: [...upstreams.values()],
     trustedKeys,
-    dispatcher: upstreamDispatcher,
     metrics,
     logger,
     requestSignal,
@@ -229,20 +221,6 @@ export function createProxy(options: ProxyOptions): Proxy {
     socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n')
     setTimeout(() => socket.destroy(), 1000).unref()
   })
-
-  /** One upstream's nix-cache-info, through its credentials, at most MAX_DOCUMENT_BYTES. */
-  async function fetchCacheInfo(upstream: string, signal: AbortSignal): Promise<ReturnType<typeof parseCacheInfo>> {
-    const url = new URL(upstream.endsWith('/') ? upstream : `${upstream}/`).href
-    const answer = await racePassthrough('nix-cache-info', {
-      upstreams: [{ url }],
-      dispatcher: upstreamDispatcher,
-      signal,
-      maxBytes: MAX_DOCUMENT_BYTES,
-    })
-    const chunks: Uint8Array[] = []
-    for await (const chunk of answer.body) chunks.push(chunk)
-    return parseCacheInfo(Buffer.concat(chunks).toString('utf8'))
-  }
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const route: Route = routeRequest(req.method, req.url)
@@ -345,7 +323,7 @@ export function createProxy(options: ProxyOptions): Proxy {
         if (server.listening) server.close()
         server.closeAllConnections()
         await closed
-        await Promise.all([...[...upstreams.values()].map((backend) => backend.close()), narInfoAgent.destroy()])
+        await Promise.all([...upstreams.values()].map((backend) => backend.close()))
         if (spool) await (await spool.catch(() => undefined))?.close()
         if (ownIndex) index.close()
       })()

@@ -1,8 +1,7 @@
 import type { NarHash } from '@narrace/core'
-import { resolveNarInfo } from '@narrace/http'
+import { resolveNarInfo, type HttpBackend } from '@narrace/http'
 import type { NarIndex } from '@narrace/index'
 import { compressionExtension, rewriteNarInfo, type NarInfo } from '@narrace/narinfo'
-import type { Dispatcher } from 'undici'
 
 /** A narinfo as the proxy serves it, and what it learned from it. */
 export interface ServedNarInfo {
@@ -52,9 +51,9 @@ export function learnNarInfo(index: NarIndex, served: ServedNarInfo): void {
 }
 
 export interface ResolveServedOptions {
-  upstreams: readonly string[]
+  /** The upstreams' backends, each named by its URL as given: narinfo go through their credentials and checks. */
+  upstreams: readonly HttpBackend[]
   trustedKeys: string[] | undefined
-  dispatcher: Dispatcher
   signal: AbortSignal
 }
 
@@ -65,17 +64,12 @@ export interface ResolveServedOptions {
  * resolveNarInfo does.
  */
 export async function resolveServedNarInfo(hashPart: string, options: ResolveServedOptions): Promise<ServedNarInfo> {
-  const ask = async (caches: string[]): Promise<ServedNarInfo> => {
-    const found = await resolveNarInfo(hashPart, {
-      caches,
-      trustedKeys: options.trustedKeys,
-      signal: options.signal,
-      dispatcher: options.dispatcher,
-    })
+  const ask = async (caches: HttpBackend[]): Promise<ServedNarInfo> => {
+    const found = await resolveNarInfo(hashPart, { caches, trustedKeys: options.trustedKeys, signal: options.signal })
     return servedNarInfo(found.cache, found.narInfo, found.text, hashPart)
   }
   const served = await ask([...options.upstreams])
-  const others = options.upstreams.filter((upstream) => upstream !== served.upstream)
+  const others = options.upstreams.filter((upstream) => upstream.name !== served.upstream)
   if (served.fileHash || others.length === 0) return served
   const better = await ask(others).catch(() => undefined)
   return better?.fileHash ? better : served

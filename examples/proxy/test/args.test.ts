@@ -43,8 +43,8 @@ describe('parseProxyArgs', () => {
       priority: 10,
       netrcFile: '/etc/nix/netrc',
       upstreamHeaders: [
-        { upstream: 'https://cache.example.org', name: 'authorization', value: 'Bearer t0k3n' },
-        { upstream: 'http://127.0.0.1:1', name: 'x-api-key', value: 'k' },
+        { url: 'https://cache.example.org/', name: 'Authorization', value: 'Bearer t0k3n' },
+        { url: 'http://127.0.0.1:1', name: 'X-Api-Key', value: 'k' },
       ],
       maxPassthroughBytes: 1000,
       memoryBudget: DEFAULT_MEMORY_BUDGET,
@@ -120,11 +120,10 @@ describe('parseProxyArgs', () => {
     [['--upstream', 'http://a', '--index', ''], /index/],
     [['--upstream', 'http://a', '--netrc-file', ''], /netrc-file/],
     [['--upstream', 'http://a', '--max-passthrough-bytes', '1e6'], /max-passthrough-bytes/],
-    [['--upstream', 'http://a', '--upstream-header', 'http://b=Authorization: x'], /not one of the --upstream/],
+    [['--upstream', 'http://a', '--upstream-header', 'http://b=Authorization: x'], /not an upstream/],
     [['--upstream', 'http://a', '--upstream-header', 'Authorization: x'], /URL=Name: value/],
     [['--upstream', 'http://a', '--upstream-header', 'http://a=Bad Name: x'], /URL=Name: value/],
-    [['--upstream', 'http://a', '--upstream-header', 'http://a=Host: evil'], /can't be set/],
-    [['--upstream', 'http://a', '--upstream-header', 'http://a=X: a\r\nY: b'], /line break/],
+    [['--upstream', 'http://a', '--upstream-header', 'http://a=X: a\r\nY: b'], /URL=Name: value/],
   ])('refuses %j with a one-line error', (argv, pattern) => {
     let caught: unknown
     try {
