@@ -6,14 +6,14 @@
 import { cp, mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { get } from '../examples/proxy/test/support/client.js'
 import { startTracker, type Tracker } from '../packages/torrent/test/swarm.js'
 import { fixtures } from './fixtures/index.js'
 import { startCacheServer, type CacheServer } from './support/cache-server.js'
 import { startKuboRpc, type KuboRpc } from './support/kubo-rpc.js'
-import { nixAvailable, nixSandbox, type NixRun } from './support/nix.js'
+import { nixAvailable, type NixRun } from './support/nix.js'
+import { copyPaths, until } from './support/nix-copy.js'
 import { built, startProxy, type RunningProxy } from './support/proxy-process.js'
 
 if (!built) console.warn('test/proxy-donate.test.ts: skipped, examples/proxy is not built (run `pnpm build`)')
@@ -29,24 +29,7 @@ const served = [...closure, big]
 type LogLine = { msg: string; nar?: string; outcome?: string; winner?: string; sources?: string[]; cid?: string; btih?: string }
 const log = (proxy: RunningProxy): LogLine[] => proxy.stdout.map((line) => JSON.parse(line) as LogLine)
 
-async function until(check: () => boolean, ms: number, what: string): Promise<void> {
-  for (const end = Date.now() + ms; !check(); ) {
-    if (Date.now() > end) throw new Error(`${what}: not reached in ${ms} ms`)
-    await sleep(50)
-  }
-}
-
-async function copy(url: string): Promise<NixRun> {
-  const nix = await nixSandbox()
-  try {
-    const store = nix.store()
-    const run = await nix.copyFrom(url, store, served.map((p) => p.storePath), key)
-    if (run.code === 0) for (const path of served) expect(await nix.has(store, path.storePath), path.name).toBe(true)
-    return run
-  } finally {
-    await nix.close()
-  }
-}
+const copy = (url: string): Promise<NixRun> => copyPaths(url, served, key)
 
 describe.skipIf(!built || !nixAvailable)('--donate: what one proxy kept, another serves from IPFS and torrents', () => {
   let work: string

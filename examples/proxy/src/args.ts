@@ -15,6 +15,8 @@ export const DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
 export const DEFAULT_MAX_CONNECTIONS = 25
 /** After SIGTERM, downloads in flight get this long to finish before they are aborted. @default 10 s */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000
+/** Where `--ipfs embedded` listens without --ipfs-listen: loopback only, any free port. */
+export const DEFAULT_IPFS_LISTEN_ARG = '/ip4/127.0.0.1/tcp/0'
 
 /** What the command line asks for. */
 export interface ProxyArgs {
@@ -48,6 +50,16 @@ export interface ProxyArgs {
   maxConnections: number
   /** `--shutdown-grace SECONDS`, in ms */
   shutdownGraceMs: number
+  /** `--ipfs embedded`: run a Helia node inside the proxy. */
+  ipfs: 'embedded' | undefined
+  /** `--ipfs-listen MULTIADDR`: where the embedded node listens. */
+  ipfsListen: string[]
+  /** `--ipfs-bootstrap MULTIADDR`: the DHT peers to join through; `amino` = the public Amino DHT. */
+  ipfsBootstrap: string[]
+  /** False with `--no-discover`: no DHT discovery of mappings by FileHash. */
+  discover: boolean
+  /** `--peer URL`: other narrace proxies, raced as NAR sources and asked for mappings. */
+  peers: string[]
 }
 
 /** Thrown for a command line the proxy can't run with; main prints the message and exits with 2. */
@@ -75,6 +87,14 @@ Options:
   --max-passthrough-bytes BYTES   cut build logs, .ls listings, realisations and debuginfo passed through
                                   from upstreams at this size (default ${DEFAULT_MAX_PASSTHROUGH_BYTES})
   --ipfs-api URL                  also fetch from IPFS through this Kubo RPC API
+  --ipfs embedded                 also fetch from IPFS through a Helia node inside the proxy (no daemon),
+                                  which finds NARs by FileHash in its DHT
+  --ipfs-listen MULTIADDR         where the embedded node listens; repeat for more (default ${DEFAULT_IPFS_LISTEN_ARG})
+  --ipfs-bootstrap MULTIADDR      a DHT peer (…/p2p/PEER_ID) to join through; repeat for more (default none:
+                                  a DHT of those who dial this one); 'amino' joins the public IPFS DHT
+  --no-discover                   do not look NARs up by FileHash in the DHT (on whenever IPFS is embedded)
+  --peer URL                      another narrace proxy: raced as a NAR source and asked for mappings;
+                                  its narinfo is used only when signed by a trusted key; repeat for more
   --torrent                       also fetch from BitTorrent, through mappings in the index
   --announce URL                  a tracker for --torrent; repeat for more
   --verify-first-below BYTES      verify NARs up to this size before sending a byte (default ${DEFAULT_VERIFY_FIRST_BELOW})
@@ -188,6 +208,15 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
     maxConnections:
       values['max-connections'] === undefined ? DEFAULT_MAX_CONNECTIONS : count(values['max-connections'], '--max-connections', 10_000),
     shutdownGraceMs: values['shutdown-grace'] === undefined ? DEFAULT_SHUTDOWN_GRACE_MS : seconds(values['shutdown-grace'], '--shutdown-grace'),
+    ipfs: undefined,
+    ipfsListen: values['ipfs-listen'] ?? [DEFAULT_IPFS_LISTEN_ARG],
+    ipfsBootstrap: values['ipfs-bootstrap'] ?? [],
+    discover: !(values['no-discover'] ?? false),
+    peers: (values.peer ?? []).map((u) => httpUrl(u, '--peer')),
+  }
+  if (values.ipfs !== undefined) {
+    if (values.ipfs !== 'embedded') throw new ProxyUsageError(`--ipfs: '${values.ipfs}' is not 'embedded' (for Kubo, use --ipfs-api URL)`)
+    result.ipfs = 'embedded'
   }
   if (result.help) return result
   if (result.upstreams.length === 0) throw new ProxyUsageError('at least one --upstream URL is needed')
@@ -206,6 +235,10 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
   if (values['store-max-bytes'] !== undefined && result.store === undefined) throw new ProxyUsageError('--store-max-bytes needs --store')
   if (result.storeMaxBytes < 1) throw new ProxyUsageError('--store-max-bytes: must be at least 1')
   if (result.maxConnections < 1) throw new ProxyUsageError('--max-connections: must be at least 1')
+  if (result.ipfs !== undefined && result.ipfsApi !== undefined) throw new ProxyUsageError('give --ipfs embedded or --ipfs-api URL, not both')
+  if (result.ipfs === undefined && (values['ipfs-listen'] !== undefined || values['ipfs-bootstrap'] !== undefined)) {
+    throw new ProxyUsageError('--ipfs-listen and --ipfs-bootstrap need --ipfs embedded')
+  }
   if (result.donate && result.store === undefined) throw new ProxyUsageError('--donate needs --store: what is donated is what the store keeps')
   return result
 }
@@ -236,6 +269,11 @@ function parse(args: string[]) {
       'memory-budget': { type: 'string' },
       'max-connections': { type: 'string' },
       'shutdown-grace': { type: 'string' },
+      ipfs: { type: 'string' },
+      'ipfs-listen': { type: 'string', multiple: true },
+      'ipfs-bootstrap': { type: 'string', multiple: true },
+      'no-discover': { type: 'boolean' },
+      peer: { type: 'string', multiple: true },
     },
   })
 }

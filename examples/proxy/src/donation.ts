@@ -22,7 +22,15 @@ export interface DonationOptions {
   store: NarStore
   index: NarIndex
   /** The IPFS node NARs are added to: an embedded Helia node, or a Kubo RPC API URL. */
-  ipfs?: { helia: HeliaForDonation } | { api: string }
+  ipfs?:
+    | {
+        helia: HeliaForDonation
+        /** Announces a published NAR (e.g. in the DHT, by FileHash); awaited before the next NAR. */
+        announce?: (fileHash: NarHash, cid: string, size: number, signal: AbortSignal) => Promise<void>
+        /** Stops announcing an evicted NAR. */
+        withdraw?: (fileHash: NarHash) => Promise<void>
+      }
+    | { api: string }
   /** The client that seeds every NAR as a torrent, announced to these trackers. */
   torrent?: { client: WebTorrent; announce: string[] }
   logger: Logger
@@ -111,6 +119,7 @@ export class Donation {
         signal,
       })
       if ('helia' in ipfs) for await (const _ of ipfs.helia.pins.add(CID.parse(added.cid), { signal })) void _
+      if ('helia' in ipfs) await ipfs.announce?.(entry.fileHash, added.cid, entry.size, signal)
       line.cid = added.cid
     }
     if (torrent) {
@@ -131,6 +140,7 @@ export class Donation {
     if (ipfs && location?.cid) {
       const cid = CID.parse(location.cid)
       if ('helia' in ipfs) {
+        await ipfs.withdraw?.(entry.fileHash)
         for await (const _ of ipfs.helia.pins.rm(cid)) void _
         // Without a pin the blocks are only a cache; collecting them keeps the node within the store's budget.
         await ipfs.helia.gc()

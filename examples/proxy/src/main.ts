@@ -9,6 +9,8 @@ import type { WebTorrent } from '@narrace/torrent'
 import { defaultIndexPath } from 'narrace'
 import { pino, type Logger } from 'pino'
 import { Donation } from './donation.js'
+import { startEmbeddedIpfs, type EmbeddedIpfs } from './embedded-ipfs.js'
+import { peerBackend } from './peers.js'
 import { PeerMappings } from './peer-mappings.js'
 import { ProxyStore } from './store-wiring.js'
 import { parseProxyArgs, ProxyUsageError, USAGE, type ProxyArgs } from './args.js'
@@ -43,9 +45,21 @@ async function load<T>(name: string, flag: string): Promise<T> {
   }
 }
 
-async function p2pBackends(args: ProxyArgs, index: NarIndex): Promise<{ backends: Closable[]; torrentClient?: WebTorrent }> {
+async function p2pBackends(
+  args: ProxyArgs,
+  index: NarIndex,
+): Promise<{ backends: Closable[]; torrentClient?: WebTorrent; embedded?: EmbeddedIpfs }> {
   const backends: Closable[] = []
   let torrentClient: WebTorrent | undefined
+  let embedded: EmbeddedIpfs | undefined
+  if (args.ipfs === 'embedded') {
+    try {
+      embedded = await startEmbeddedIpfs({ listen: args.ipfsListen, bootstrap: args.ipfsBootstrap, discover: args.discover, index })
+    } catch (error) {
+      fail(`--ipfs embedded: ${(error as Error).message.split('\n')[0]}`)
+    }
+    backends.push(embedded.backend)
+  }
   if (args.ipfsApi !== undefined) {
     const { ipfsBackend } = await load<IpfsModule>('@narrace/ipfs', '--ipfs-api')
     backends.push(ipfsBackend({ api: args.ipfsApi, index }))
@@ -56,7 +70,8 @@ async function p2pBackends(args: ProxyArgs, index: NarIndex): Promise<{ backends
     if (args.donate) torrentClient = createClient()
     backends.push(torrentBackend({ index, announce: args.announce, ...(torrentClient ? { client: torrentClient } : {}) }))
   }
-  return torrentClient ? { backends, torrentClient } : { backends }
+  for (const peer of args.peers) backends.push(peerBackend(peer))
+  return { backends, ...(torrentClient ? { torrentClient } : {}), ...(embedded ? { embedded } : {}) }
 }
 
 /** `--store` and `--donate`: the store opened (one owner: a second proxy gets one line), and the donation. */
@@ -65,6 +80,7 @@ async function openStoreParts(
   index: NarIndex,
   logger: Logger,
   torrentClient: WebTorrent | undefined,
+  embedded: EmbeddedIpfs | undefined,
 ): Promise<{ store?: NarStore; proxyStore?: ProxyStore; donation?: Donation }> {
   if (args.store === undefined) return {}
   let store: NarStore
@@ -76,12 +92,15 @@ async function openStoreParts(
   }
   const proxyStore = new ProxyStore(store, { logger })
   if (!args.donate) return { store, proxyStore }
-  if (args.ipfsApi === undefined && !torrentClient) fail('--donate needs --ipfs-api URL and/or --torrent')
+  if (args.ipfsApi === undefined && !embedded && !torrentClient) {
+    fail('--donate needs --ipfs embedded, --ipfs-api URL and/or --torrent')
+  }
   const donation = new Donation({
     store,
     index,
     logger,
     ...(args.ipfsApi !== undefined ? { ipfs: { api: args.ipfsApi } } : {}),
+    ...(embedded ? { ipfs: { helia: embedded.node, announce: embedded.announce, withdraw: embedded.withdraw } } : {}),
     ...(torrentClient ? { torrent: { client: torrentClient, announce: args.announce } } : {}),
   })
   return { store, proxyStore, donation }
@@ -116,12 +135,14 @@ async function main(): Promise<void> {
   } catch (error) {
     fail(`--index: ${(error as Error).message.split('\n')[0]}`)
   }
-  const { backends: p2p, torrentClient } = await p2pBackends(args, index)
+  const { backends: p2p, torrentClient, embedded } = await p2pBackends(args, index)
   const logger = pino()
-  const peerMappings = args.mappingsFrom.length > 0 ? new PeerMappings({ peers: args.mappingsFrom, index }) : undefined
+  // A --peer is asked for mappings as a --mappings-from is.
+  const mappingPeers = [...new Set([...args.mappingsFrom, ...args.peers])]
+  const peerMappings = mappingPeers.length > 0 ? new PeerMappings({ peers: mappingPeers, index }) : undefined
   // With --mappings-from, a p2p source asks the peers for a mapping before it reads the index.
   const backends = peerMappings ? p2p.map((backend) => peerMappings.wrap(backend)) : p2p
-  const { store, proxyStore, donation } = await openStoreParts(args, index, logger, torrentClient)
+  const { store, proxyStore, donation } = await openStoreParts(args, index, logger, torrentClient, embedded)
   const proxy = createProxy({
     logger,
     upstreams: upstreamsWith(args.upstreams, { netrc, headers: args.upstreamHeaders }),
@@ -143,7 +164,7 @@ async function main(): Promise<void> {
   })
   // A log line like every other, so stdout stays one JSON object per line; the words after the URL keep
   // it easy to cut out of the message too.
-  logger.info({ url }, `narrace proxy listening on ${url} (put it first in Nix's substituters)`)
+  logger.info({ url, ...(embedded ? { ipfs: embedded.info } : {}) }, `narrace proxy listening on ${url} (put it first in Nix's substituters)`)
 
   const stop = async (signal: NodeJS.Signals): Promise<void> => {
     let code = 0
@@ -154,6 +175,7 @@ async function main(): Promise<void> {
       await donation?.close()
       await Promise.all(backends.map((backend) => backend.close?.()))
       if (torrentClient) await new Promise<void>((resolve) => torrentClient.destroy(() => resolve()))
+      await embedded?.close()
       await store?.close()
       index.close()
       logger.info({ signal }, 'narrace proxy stopped')

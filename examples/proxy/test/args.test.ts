@@ -54,6 +54,11 @@ describe('parseProxyArgs', () => {
       storeMaxBytes: DEFAULT_STORE_MAX_BYTES,
       donate: false,
       mappingsFrom: [],
+      ipfs: undefined,
+      ipfsListen: ['/ip4/127.0.0.1/tcp/0'],
+      ipfsBootstrap: [],
+      discover: true,
+      peers: [],
     })
   })
 
@@ -134,5 +139,30 @@ describe('parseProxyArgs', () => {
     expect(caught).toBeInstanceOf(ProxyUsageError)
     expect((caught as Error).message).toMatch(pattern)
     expect((caught as Error).message).not.toContain('\n')
+  })
+})
+
+describe('parseProxyArgs: the embedded IPFS node, discovery and peers', () => {
+  const up = ['--upstream', 'http://127.0.0.1:1']
+  it('listens on loopback, bootstraps from nobody and discovers by default', () => {
+    const args = parseProxyArgs([...up, '--ipfs', 'embedded'])
+    expect(args).toMatchObject({ ipfs: 'embedded', ipfsListen: ['/ip4/127.0.0.1/tcp/0'], ipfsBootstrap: [], discover: true, peers: [] })
+  })
+  it('takes --ipfs-listen, --ipfs-bootstrap (amino included), --no-discover and --peer', () => {
+    const args = parseProxyArgs([
+      ...up, '--ipfs', 'embedded', '--ipfs-listen', '/ip4/10.0.0.1/tcp/4001', '--ipfs-bootstrap', 'amino',
+      '--ipfs-bootstrap', '/ip4/127.0.0.1/tcp/1/p2p/12D3KooWKnDdG3iXw9eTFijk3EWSunZcFi54Zka4wmtqtt6rPxc8',
+      '--no-discover', '--peer', 'http://127.0.0.1:2/', '--peer', 'http://127.0.0.1:3',
+    ])
+    expect(args.ipfsListen).toEqual(['/ip4/10.0.0.1/tcp/4001'])
+    expect(args.ipfsBootstrap[0]).toBe('amino')
+    expect(args.discover).toBe(false)
+    expect(args.peers).toEqual(['http://127.0.0.1:2', 'http://127.0.0.1:3'])
+  })
+  it('refuses what makes no sense', () => {
+    expect(() => parseProxyArgs([...up, '--ipfs', 'kubo'])).toThrow(ProxyUsageError)
+    expect(() => parseProxyArgs([...up, '--ipfs', 'embedded', '--ipfs-api', 'http://127.0.0.1:5001'])).toThrow(/not both/)
+    expect(() => parseProxyArgs([...up, '--ipfs-bootstrap', 'amino'])).toThrow(/need --ipfs embedded/)
+    expect(() => parseProxyArgs([...up, '--peer', 'ftp://x'])).toThrow(/--peer/)
   })
 })
