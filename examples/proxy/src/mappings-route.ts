@@ -8,6 +8,8 @@ export const MAPPINGS_PATH = '/narrace/v1/mappings'
 /** Lines one `?since=` answer holds at most; a peer asks again from the last `updatedAt` for more. @default 10000 */
 export const MAX_MAPPINGS_PER_ANSWER = 10_000
 const NDJSON_TYPE = 'application/x-ndjson'
+/** How long a `?since=` answer waits for queued index writes before it answers without them. @default 1000 */
+const FLUSH_WAIT_MS = 1000
 
 export type MappingsRoute =
   | { kind: 'mapping'; fileHash: NarHash }
@@ -66,6 +68,8 @@ export async function serveMappingsSince(index: NarIndex, since: string, res: Se
     res.end()
     return
   }
+  // Writes the index still queues would be missing from the export; a locked index makes the answer late, never stuck.
+  await index.flush({ signal: AbortSignal.any([signal, AbortSignal.timeout(FLUSH_WAIT_MS)]) }).catch(() => {})
   let lines = 0
   for await (const line of index.exportSince(since)) {
     if (signal.aborted || lines++ >= MAX_MAPPINGS_PER_ANSWER) break
