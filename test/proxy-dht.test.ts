@@ -47,7 +47,7 @@ describe.skipIf(!built || !nixAvailable)('--ipfs embedded: a proxy finds NARs by
     await rm(work, { recursive: true, force: true })
   })
 
-  it('B, with only the narinfo upstream and a bootstrap peer, serves the closure A donated, every NAR from IPFS', async () => {
+  it('B, with only the narinfo upstream and a bootstrap peer, serves the closure A donated, every NAR from IPFS; C gets it from A as a --peer', async () => {
     const a = await startProxy([
       '--upstream', upstream.url, '--trusted-public-key', key, '--index', ':memory:',
       '--store', join(work, 'store-a'), '--donate', '--ipfs', 'embedded',
@@ -74,5 +74,14 @@ describe.skipIf(!built || !nixAvailable)('--ipfs embedded: a proxy finds NARs by
     const nars = log(b).filter((l) => l.msg === 'nar' && l.outcome === 'ok')
     expect(nars.length).toBeGreaterThanOrEqual(served.length)
     for (const line of nars) expect(line.winner, line.nar).toBe('ipfs')
+
+    // C names A as a --peer and has no IPFS: A's store, raced as a NAR source, serves every NAR.
+    const c = await startProxy(['--upstream', upstream.url, '--trusted-public-key', key, '--index', ':memory:', '--peer', a.url])
+    proxies.push(c)
+    const served3 = await copy(c.url)
+    expect(served3.code, served3.stderr).toBe(0)
+    const fromPeer = log(c).filter((l) => l.msg === 'nar' && l.outcome === 'ok')
+    expect(fromPeer.length).toBeGreaterThanOrEqual(served.length)
+    for (const line of fromPeer) expect(line.winner, line.nar).toBe(`peer:${a.url}`)
   })
 })
