@@ -1,4 +1,4 @@
-import { isNarMismatch, type NarEvent } from '@narrace/core'
+import { isNarMismatch, type NarEvent, type NarHashMismatchError } from '@narrace/core'
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 
 /** How a NAR request ended, as counted in `narrace_nar_requests_total`. */
@@ -62,22 +62,29 @@ export class ProxyMetrics {
     registers: [this.registry],
   })
 
-  #upstreams: { upstream: string; isUp: () => boolean }[] = []
-  readonly upstreamUp = new Gauge({
-    name: 'narrace_upstream_up',
-    help: "1 while an upstream's circuit breaker lets requests through, 0 while it is skipped",
-    labelNames: ['upstream'] as const,
-    registers: [this.registry],
-    // The breakers keep no timer, so their state is read when /metrics is scraped.
-    collect: () => {
-      for (const { upstream, isUp } of this.#upstreams) this.upstreamUp.set({ upstream }, isUp() ? 1 : 0)
-    },
-  })
+  /** `narrace_memory_budget_used_bytes`: verify-first buffering held in memory now. */
+  memoryBudget(used: () => number): void {
+    new Gauge({
+      name: 'narrace_memory_budget_used_bytes',
+      help: 'Bytes of verify-first buffering held in memory, within --memory-budget',
+      registers: [this.registry],
+      collect() {
+        this.set(used())
+      },
+    })
+  }
 
-  /** The upstreams whose state `narrace_upstream_up` reports. */
-  watchUpstreams(upstreams: { upstream: string; isUp: () => boolean }[]): void {
-    this.#upstreams = upstreams
-    for (const { upstream, isUp } of upstreams) this.upstreamUp.set({ upstream }, isUp() ? 1 : 0)
+  /** `narrace_upstream_up{upstream}`: 1 while an upstream is reachable, 0 while its circuit is open. */
+  upstreamUp(upstreams: () => Iterable<[string, boolean]>): void {
+    new Gauge({
+      name: 'narrace_upstream_up',
+      help: 'Whether each upstream is reachable (0 while it is skipped after connection failures)',
+      labelNames: ['upstream'] as const,
+      registers: [this.registry],
+      collect() {
+        for (const [upstream, up] of upstreams()) this.set({ upstream }, up ? 1 : 0)
+      },
+    })
   }
 
   /** Starts the accounting of one NAR request; feed it every event of its `resolveNar`. */
@@ -91,8 +98,8 @@ export class NarTracker {
   readonly tried = new Set<string>()
   private current: string | undefined
   private credited = 0
-  /** Backends already counted in narrace_hash_mismatches_total for this request. */
-  private readonly mismatched = new Set<string>()
+  /** Mismatches already counted from `fail` events, so that one found at the end is not counted twice. */
+  private readonly counted = new WeakSet<object>()
 
   constructor(private readonly metrics: ProxyMetrics) {}
 
@@ -111,8 +118,11 @@ export class NarTracker {
       case 'fail': {
         const code = codeOf(event.error)
         this.metrics.failures.inc({ backend: event.backend, code })
-        // One predicate for every mismatch, of size or hash, before the first byte or at the end.
-        if (isNarMismatch(event.error)) this.countMismatch(event.backend)
+        // One predicate for a size or a hash mismatch, whenever it is found.
+        if (isNarMismatch(event.error)) {
+          this.metrics.mismatches.inc({ backend: event.backend })
+          this.counted.add(event.error)
+        }
         break
       }
       case 'failover':
@@ -138,20 +148,14 @@ export class NarTracker {
     this.credited = Math.max(this.credited, bytes)
   }
 
-  /** Counts a mismatch that ended the request, for each source not already counted through its `fail` event. */
-  mismatch(error: { sources: readonly string[] }): void {
-    for (const backend of error.sources) this.countMismatch(backend)
-  }
-
-  private countMismatch(backend: string): void {
-    if (this.mismatched.has(backend)) return
-    this.mismatched.add(backend)
-    this.metrics.mismatches.inc({ backend })
-  }
-
-  /** Counts a failure of the streaming source after the race (the core reports no `fail` for these). */
-  streamFailed(error: unknown): void {
-    if (this.current !== undefined) this.metrics.failures.inc({ backend: this.current, code: codeOf(error) })
+  /** Counts a mismatch that ended a download, by the sources it blames, unless a `fail` event did. */
+  streamMismatch(error: NarHashMismatchError<string | number>): void {
+    if (this.counted.has(error)) return
+    this.counted.add(error)
+    for (const backend of error.sources) {
+      this.metrics.mismatches.inc({ backend })
+      this.metrics.failures.inc({ backend, code: error.code })
+    }
   }
 
   outcome(outcome: NarOutcome): void {

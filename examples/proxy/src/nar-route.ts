@@ -3,98 +3,148 @@ import { performance } from 'node:perf_hooks'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import {
-  DEFAULT_MAX_NAR_BYTES,
   isNarMismatch,
-  NarraceError,
+  NarNotFoundError,
   parseNarHash,
   resolveNar,
   type NarBackend,
+  type NarEvent,
   type NarHash,
-  type NarStream,
 } from '@narrace/core'
-import type { HttpBackend } from '@narrace/http'
-import type { NarIndex } from '@narrace/index'
-import { compressionExtension, isStoreHashPart } from '@narrace/narinfo'
+import type { NarIndex, NarLocation } from '@narrace/index'
+import { compressionExtension, isStoreHashPart, parseStorePath } from '@narrace/narinfo'
 import type { Logger } from 'pino'
-import type { ProxyMetrics, NarOutcome } from './metrics.js'
-import { isNotFound, type NarInfoRoute } from './narinfo-route.js'
+import { Downloads, type NarDownload } from './downloads.js'
+import type { NarOutcome, ProxyMetrics } from './metrics.js'
 import type { PeerMappings } from './peer-mappings.js'
-import type { MemoryBudget } from './budget.js'
-import type { Spool } from './spool.js'
 import { codeOf, message, NAR_TYPE, sendText, type RequestSignal } from './respond.js'
 import type { Route } from './routes.js'
+import type { ServedNarInfo } from './served-narinfo.js'
+import { MemoryBudget } from './spool.js'
 import type { ProxyStore } from './store-wiring.js'
-import { serveUnverifiedNar } from './unverified-nar.js'
+import { serveUnverifiedNar, unverifiedBound } from './unverified-nar.js'
 
-export type NarRequest = Extract<Route, { kind: 'nar' }>
+/** How long a HEAD request's one cheap check may take. @default 10000 */
+export const HEAD_CHECK_TIMEOUT_MS = 10_000
 
-export interface NarRouteContext {
-  index: NarIndex
-  /** The upstreams' own backends by URL, for unverified NARs fetched from the upstream that named them. */
-  upstreams: Map<string, HttpBackend>
-  /** Everything raced for a verified NAR. */
-  backends: NarBackend[]
-  /** The upstreams alone (under their own URLs): what a HEAD asks, never a torrent or a DHT. */
-  upstreamBackends: NarBackend[]
-  metrics: ProxyMetrics
-  logger: Logger
-  requestSignal: RequestSignal
-  lookupNarInfo: NarInfoRoute['lookupNarInfo']
-  store?: ProxyStore
-  peerMappings?: PeerMappings
-  verifyFirstBelow: number
-  stallTimeoutMs?: number
-  /** Passed to `resolveNar`. @default its own (1 KiB/s) */
-  minBytesPerSecond?: number
-  /** The bound for a file of which nothing is known. @default core's DEFAULT_MAX_NAR_BYTES (64 GiB) */
-  maxNarBytes?: number
-  narInfoTimeoutMs: number
-  /** `--memory-budget`: what verify-first buffering may hold across all requests. */
-  budget: MemoryBudget
-  /** The folder where NARs past the budget are verified; opened on first use. */
-  spool: () => Promise<Spool>
-}
+type NarRoute = Extract<Route, { kind: 'nar' }>
 
 /**
- * The largest a compressed file can be for a NAR of `narSize` bytes: `narSize + narSize / 16 + 64 KiB`.
- * xz, zstd, bzip2, brotli and lz4 grow incompressible input by well under 2 % plus a header of a few
- * hundred bytes, so this bound is loose for every real file and still cuts an endless body early.
+ * The one classification of a NAR failure, for the status, the outcome label and the metrics alike:
+ * 404 only when every source said "not here"; a copy that failed verification (by size or hash, before or
+ * after the first byte) is a 502 `hash_mismatch`; anything else, an outage above all, is a 503, which Nix
+ * retries, never a 404, which Nix takes for "not here".
  */
-export function compressedBound(narSize: number): number {
-  return narSize + Math.ceil(narSize / 16) + 64 * 1024
-}
-
-/** The HTTP status and outcome of a NAR that could not be served: 404 only when every source said "not here". */
-export function narFailure(error: unknown): { status: number; outcome: NarOutcome } {
+export function classifyNarFailure(error: unknown, clientGone: boolean): { status: 404 | 502 | 503; outcome: NarOutcome } {
   if (isNarMismatch(error)) return { status: 502, outcome: 'hash_mismatch' }
+  if (clientGone) return { status: 503, outcome: 'aborted' }
   if (codeOf(error) === 'NARRACE_NOT_FOUND') return { status: 404, outcome: 'not_found' }
-  // An outage (NarUnavailableError) or anything else: the file may exist, so Nix must not take it as missing.
   return { status: 503, outcome: 'failed' }
 }
 
-/**
- * Holds back the latest chunk until the next one arrives. The stream ends normally only once the
- * FileHash has checked out, so when it fails the client is always missing bytes and sees a broken
- * transfer, never a complete corrupt file.
- */
-export async function* holdLast(stream: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-  let held: Uint8Array | undefined
-  for await (const chunk of stream) {
-    if (held) yield held
-    held = chunk
-  }
-  if (held) yield held
+export interface NarRouteContext {
+  index: NarIndex
+  metrics: ProxyMetrics
+  logger: Logger
+  /** Every source for a NAR: the upstreams (each under its own URL) and the p2p backends. */
+  backends: NarBackend[]
+  /** The upstreams' backends alone, for HEAD's cheap check. */
+  upstreamBackends: NarBackend[]
+  /** The upstream backends by `--upstream` URL, for files with no FileHash. */
+  upstreams: Map<string, NarBackend>
+  store: ProxyStore | undefined
+  peerMappings: PeerMappings | undefined
+  /** The narinfo of a store path's hash part, from memory or raced across the upstreams. */
+  lookupNarInfo(hashPart: string, signal: AbortSignal): Promise<{ served: ServedNarInfo }>
+  /** The narinfo of a hash part if it is in memory; never asks an upstream. */
+  cachedNarInfo(hashPart: string): ServedNarInfo | undefined
+  requestSignal: RequestSignal
+  narInfoTimeoutMs: number
+  verifyFirstBelow: number
+  memoryBudget: number
+  spoolDir: string
+  stallTimeoutMs: number | undefined
+  minBytesPerSecond: number | undefined
+  maxNarBytes: number | undefined
 }
 
-export function createNarRoute(context: NarRouteContext): { serveNar(route: NarRequest, res: ServerResponse, head: boolean): Promise<void> } {
-  const { index, metrics, logger, requestSignal, store } = context
+/**
+ * The NAR route: `/nar/<FileHash>.nar<ext>`. Every request for one FileHash shares one download, read by
+ * each client at its own pace; small files reach clients only once verified whole.
+ */
+export function createNarRoute(context: NarRouteContext): {
+  serve(route: NarRoute, res: ServerResponse, head: boolean): Promise<void>
+  downloads: Downloads
+} {
+  const { index, metrics, logger } = context
+  const budget = new MemoryBudget(context.memoryBudget)
+  metrics.memoryBudget(() => budget.used)
+
+  /** The most bytes a file may have when its FileSize is unknown: from its narinfo's NarSize, if in memory. */
+  function boundOf(location: NarLocation | undefined): number | undefined {
+    if (location?.storePath === undefined) return context.maxNarBytes
+    const served = context.cachedNarInfo(parseStorePath(location.storePath).hashPart)
+    return served ? unverifiedBound(served) : context.maxNarBytes
+  }
+
+  const downloads = new Downloads({
+    budget,
+    spoolDir: context.spoolDir,
+    verifyFirstBelow: context.verifyFirstBelow,
+    async open(hash, { signal, size, verifyFirstBelow }, download) {
+      const location = index.get(hash)
+      const tracker = metrics.track()
+      download.tracker = tracker
+      const blame = context.peerMappings?.blame(hash, location)
+      const onEvent = (event: NarEvent): void => {
+        tracker.onEvent(event)
+        blame?.(event)
+      }
+      const maxNarBytes = size === undefined ? boundOf(location) : undefined
+      try {
+        const stream = await resolveNar(hash, {
+          backends: context.store ? context.store.backendsFor(hash, context.backends) : context.backends,
+          signal,
+          size,
+          // The standard name; each upstream that named the file otherwise is asked under its own name.
+          url: `nar/${hash.nix32}.nar${compressionSuffix(location)}`,
+          verifyFirstBelow,
+          ...(context.stallTimeoutMs !== undefined ? { stallTimeoutMs: context.stallTimeoutMs } : {}),
+          ...(context.minBytesPerSecond !== undefined ? { minBytesPerSecond: context.minBytesPerSecond } : {}),
+          ...(maxNarBytes !== undefined ? { maxNarBytes } : {}),
+          onEvent,
+        })
+        const body = context.store ? context.store.tee(stream, `nar/${hash.nix32}.nar${compressionSuffix(location)}`) : stream
+        return { stream, body }
+      } catch (error) {
+        // A stored copy that failed verification is dropped; Nix retries and gets a fresh one.
+        if (isNarMismatch(error) && error.sources.includes('store')) await context.store?.forget(hash)
+        throw error
+      }
+    },
+    onEnd(download, error) {
+      const tracker = download.tracker
+      if (download.stream) tracker?.credit(download.stream.bytesRead)
+      if (error !== undefined && download.stream && isNarMismatch(error)) {
+        if (error.sources.includes('store')) void context.store?.forget(download.hash)
+        tracker?.streamMismatch(error)
+      }
+    },
+  })
+
+  /** The extension the file's narinfo gives it, `.xz` when nothing is known. */
+  function compressionSuffix(location: NarLocation | undefined): string {
+    if (location?.storePath === undefined) return '.xz'
+    const served = context.cachedNarInfo(parseStorePath(location.storePath).hashPart)
+    return served ? compressionExtension(served.narInfo.compression) : '.xz'
+  }
 
   /**
    * The FileHash a NAR request names: a URL an upstream gave (which older versions served unchanged) as
    * the index knows it, else the name itself. A name of 32 characters is a store path's hash part: the
-   * served name of a compressed file with no FileHash, found again through its narinfo.
+   * served name of a compressed file with no FileHash, found again through its narinfo and passed through.
    */
-  async function narHashOf(route: NarRequest, res: ServerResponse, head: boolean): Promise<NarHash | undefined> {
+  async function narHashOf(route: NarRoute, res: ServerResponse, head: boolean): Promise<NarHash | undefined> {
     const known = index.findByUrl(route.path)
     if (known) return known
     if (route.name.length === 52) {
@@ -107,7 +157,7 @@ export function createNarRoute(context: NarRouteContext): { serveNar(route: NarR
       }
     }
     if (route.name.length === 32 && isStoreHashPart(route.name)) {
-      const { signal, done } = requestSignal(res)
+      const { signal, done } = context.requestSignal(res)
       try {
         const timeout = AbortSignal.timeout(context.narInfoTimeoutMs)
         const { served } = await context.lookupNarInfo(route.name, AbortSignal.any([signal, timeout]))
@@ -120,11 +170,11 @@ export function createNarRoute(context: NarRouteContext): { serveNar(route: NarR
         }
       } catch (error) {
         if (signal.aborted) return undefined
-        if (!isNotFound(error)) {
-          // An outage is not "not here": Nix must not take it for a missing file.
+        const { status, outcome } = classifyNarFailure(error, false)
+        if (status !== 404) {
           logger.warn({ nar: route.path, err: error }, 'narinfo for an unverified NAR failed')
-          metrics.requests.inc({ outcome: 'failed' })
-          sendText(res, head, 503, `${message(error)}\n`)
+          metrics.requests.inc({ outcome })
+          sendText(res, head, status, `${message(error)}\n`)
           return undefined
         }
       } finally {
@@ -137,139 +187,105 @@ export function createNarRoute(context: NarRouteContext): { serveNar(route: NarR
   }
 
   /**
-   * The most bytes the file may have when no FileSize is known: from its narinfo's NarSize (asked within
-   * the narinfo timeout), else maxNarBytes.
+   * HEAD answers from what the narinfo said (the size) and one cheap check: the store has the file, or
+   * an upstream serves its first byte. No race, no p2p source, no torrent added.
    */
-  async function sizeBound(storePath: string | undefined, signal: AbortSignal): Promise<number> {
-    const fallback = context.maxNarBytes ?? DEFAULT_MAX_NAR_BYTES
-    const hashPart = storePath?.split('/').pop()?.slice(0, 32)
-    if (hashPart === undefined || !isStoreHashPart(hashPart)) return fallback
+  async function serveHead(hash: NarHash, res: ServerResponse): Promise<void> {
+    const location = index.get(hash)
+    const started = performance.now()
+    const answer = (status: number, outcome: NarOutcome, size: number | undefined, winner?: string): void => {
+      metrics.requests.inc({ outcome })
+      res.writeHead(status, { 'content-type': NAR_TYPE, ...(size !== undefined ? { 'content-length': String(size) } : {}) })
+      res.end()
+      const line = { nar: hash.nix32, method: 'HEAD', storePath: location?.storePath, outcome, winner, size, ms: Math.round(performance.now() - started) }
+      if (outcome === 'ok') logger.info(line, 'nar')
+      else logger.warn(line, 'nar')
+    }
+    if (context.store?.has(hash)) return answer(200, 'ok', location?.size, 'store')
+    const { signal, done } = context.requestSignal(res)
+    const controller = new AbortController()
+    const checkSignal = AbortSignal.any([signal, controller.signal, AbortSignal.timeout(HEAD_CHECK_TIMEOUT_MS)])
+    const url = `nar/${hash.nix32}.nar${compressionSuffix(location)}`
     try {
-      const timeout = AbortSignal.timeout(context.narInfoTimeoutMs)
-      const { served } = await context.lookupNarInfo(hashPart, AbortSignal.any([signal, timeout]))
-      return Math.min(fallback, compressedBound(served.narInfo.narSize))
-    } catch {
-      return fallback
+      const { size, winner } = await Promise.any(
+        context.upstreamBackends.map(async (backend) => {
+          const options = { signal: checkSignal, url, offset: 0, end: 1, ...(location?.size !== undefined ? { size: location.size } : {}) }
+          const source = await backend.fetch(hash, options)
+          await source.body[Symbol.asyncIterator]().return?.()
+          return { size: location?.size ?? source.size, winner: backend.name }
+        }),
+      )
+      answer(200, 'ok', size, winner)
+    } catch (error) {
+      if (signal.aborted) return
+      const errors = error instanceof AggregateError ? error.errors : [error]
+      const notHere = errors.every((e) => e instanceof NarNotFoundError)
+      answer(notHere ? 404 : 503, notHere ? 'not_found' : 'failed', undefined)
+    } finally {
+      controller.abort()
+      done()
     }
   }
 
-  async function serveNar(route: NarRequest, res: ServerResponse, head: boolean): Promise<void> {
+  async function serve(route: NarRoute, res: ServerResponse, head: boolean): Promise<void> {
     const hash = await narHashOf(route, res, head)
     if (!hash) return
+    if (head) return serveHead(hash, res)
     const location = index.get(hash)
-    const tracker = metrics.track()
-    const { signal, done } = requestSignal(res)
+    const { signal, done } = context.requestSignal(res)
     const started = performance.now()
-    let stream: NarStream | undefined
+    const download = downloads.join(hash, location?.size)
     let outcome: NarOutcome = 'ok'
     let failure: unknown
-    const blame = context.peerMappings?.blame(hash, location)
-    // Verify-first holds the whole file in memory: only within the budget. Past it, the file is verified
-    // on disk instead, so that a crowd of clients costs disk, not memory.
-    let verifyFirstBelow = head ? 0 : context.verifyFirstBelow
-    let release: (() => void) | undefined
-    let spooled = false
-    if (verifyFirstBelow > 0 && (location?.size === undefined || location.size <= verifyFirstBelow)) {
-      release = context.budget.reserve(location?.size ?? verifyFirstBelow)
-      if (!release) {
-        spooled = true
-        verifyFirstBelow = 0
-      }
-    }
+    let sent = 0
     try {
-      // HEAD answers from one cheap check of the upstreams; it never adds a torrent or asks a DHT.
-      const raced = head ? context.upstreamBackends : context.backends
-      stream = await resolveNar(hash, {
-        backends: store ? store.backendsFor(hash, raced) : raced,
-        signal,
-        size: location?.size,
-        maxNarBytes: location?.size === undefined ? await sizeBound(location?.storePath, signal) : context.maxNarBytes,
-        minBytesPerSecond: context.minBytesPerSecond,
-        // The standard name; each upstream that named the file otherwise is asked under its own name.
-        url: `nar/${hash.nix32}.nar${route.ext}`,
-        // HEAD sends no body, so the first byte of a copy is enough to answer; no need to fetch it whole.
-        verifyFirstBelow,
-        stallTimeoutMs: context.stallTimeoutMs,
-        onEvent: blame
-          ? (event) => {
-              tracker.onEvent(event)
-              blame(event)
-            }
-          : tracker.onEvent,
-      })
+      await download.opened
+      if (download.verifyFirst) await download.finished
+      const stream = download.stream!
+      const headers: Record<string, string> = { 'content-type': NAR_TYPE }
+      if (stream.size !== undefined) headers['content-length'] = String(stream.size)
+      res.writeHead(200, headers)
+      const body = async function* (): AsyncGenerator<Uint8Array> {
+        for await (const chunk of download.spool!.read({ verifyFirst: download.verifyFirst, signal })) {
+          sent += chunk.byteLength
+          yield chunk
+        }
+      }
+      await pipeline(Readable.from(body(), { objectMode: false }), res)
     } catch (error) {
       failure = error
-      outcome = await failedBeforeFirstByte(error)
+      // Checked before the cut below, which fires the signal too.
+      const classified = classifyNarFailure(error, signal.aborted)
+      outcome = classified.outcome
+      // A failure after the status went out must reach Nix as a broken transfer: cut, never end cleanly.
+      if (res.headersSent) res.destroy()
+      else if (!signal.aborted) sendText(res, false, classified.status, `${message(error)}\n`)
+    } finally {
+      download.leave()
+      done()
     }
+    metrics.requests.inc({ outcome })
+    log(download, location, outcome, failure, sent, started)
+  }
 
-    /** A failure before any byte went out: a stored copy that failed verification is dropped (Nix retries). */
-    async function failedBeforeFirstByte(error: unknown): Promise<NarOutcome> {
-      if (isNarMismatch(error)) {
-        if (error.sources.includes('store')) await store?.forget(hash!)
-        tracker.mismatch(error)
-      }
-      if (signal.aborted) return 'aborted'
-      const answer = narFailure(error)
-      sendText(res, head, answer.status, `${message(error)}\n`)
-      return answer.outcome
-    }
-
-    let file: Readable | undefined
-    if (stream && spooled && !head) {
-      try {
-        file = await (await context.spool()).verified(store ? store.tee(stream, route.path) : stream, signal)
-      } catch (error) {
-        failure = error
-        outcome = await failedBeforeFirstByte(error)
-        tracker.credit(stream.bytesRead)
-        stream = undefined
-      }
-    }
-
-    if (stream) {
-      const headers: Record<string, string> = { 'content-type': NAR_TYPE }
-      const size = stream.size ?? (file ? stream.bytesRead : undefined)
-      if (size !== undefined) headers['content-length'] = String(size)
-      res.writeHead(200, headers)
-      try {
-        if (head) {
-          await stream[Symbol.asyncIterator]().return?.()
-          res.end()
-        } else if (file) {
-          await pipeline(file, res)
-        } else {
-          const body = store ? store.tee(stream, route.path) : stream
-          await pipeline(Readable.from(holdLast(body), { objectMode: false }), res)
-        }
-      } catch (error) {
-        failure = error
-        // A late failure must reach Nix as a broken transfer: cut the connection, never end it cleanly.
-        res.destroy()
-        // Cutting the connection fires the request signal too, so the error's type decides, not the signal.
-        if (isNarMismatch(error)) {
-          if (error.sources.includes('store')) await store?.forget(hash)
-          outcome = 'hash_mismatch'
-          tracker.mismatch(error)
-          tracker.streamFailed(error)
-        } else if (error instanceof NarraceError || !signal.aborted) outcome = 'failed'
-        else outcome = 'aborted'
-      }
-      tracker.credit(stream.bytesRead)
-    }
-    file?.destroy()
-    release?.()
-    done()
-    tracker.outcome(outcome)
+  function log(
+    download: NarDownload,
+    location: NarLocation | undefined,
+    outcome: NarOutcome,
+    failure: unknown,
+    sent: number,
+    started: number,
+  ): void {
+    const stream = download.stream
     const line = {
-      nar: hash.nix32,
-      ...(head ? { method: 'HEAD' } : {}),
+      nar: download.hash.nix32,
       storePath: location?.storePath,
       outcome,
       winner: stream?.winner,
       size: stream?.size ?? location?.size,
-      bytes: stream?.bytesRead ?? 0,
+      bytes: sent,
       ms: Math.round(performance.now() - started),
-      tried: [...tracker.tried],
+      tried: download.tracker ? [...download.tracker.tried] : [],
       sources: stream ? [...stream.sources] : [],
       ...(failure === undefined ? {} : { error: message(failure) }),
     }
@@ -277,5 +293,5 @@ export function createNarRoute(context: NarRouteContext): { serveNar(route: NarR
     else logger.warn(line, 'nar')
   }
 
-  return { serveNar }
+  return { serve, downloads }
 }

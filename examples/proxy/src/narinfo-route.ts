@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http'
-import { performance } from 'node:perf_hooks'
 import type { HttpBackend } from '@narrace/http'
+import { LRUCache } from 'lru-cache'
 import type { Logger } from 'pino'
 import { raceSignal } from 'race-signal'
 import type { ProxyMetrics } from './metrics.js'
@@ -8,19 +8,20 @@ import { codeOf, message, NARINFO_TYPE, sendText, type RequestSignal } from './r
 import { resolveServedNarInfo, type ServedNarInfo } from './served-narinfo.js'
 import type { ProxyStore } from './store-wiring.js'
 
-/** narinfo answers kept in memory: Nix asks for the same one several times in a single `nix copy`. */
-const MAX_CACHED_NARINFO = 10_000
+/**
+ * Bytes of narinfo answers kept in memory (Nix asks for the same one several times in a single
+ * `nix copy`), least recently used dropped first. @default 32 MiB
+ */
+export const NARINFO_CACHE_BYTES = 32 * 1024 * 1024
 
 /**
- * A narinfo is "not here" when at least one cache answered and none gave a valid one (missing, garbage,
- * or not signed by a trusted key), even if others could not be reached: Nix then moves on to its next
- * substituter instead of failing. Only when no cache could be asked at all is it an error (502).
+ * A narinfo is "not here" only when every cache answered and none gave a valid one (missing, garbage, or
+ * not signed by a trusted key). A cache that could not answer may hold it: that is an outage, a 503 that
+ * Nix retries, never a 404 that it takes for "not here".
  */
 export function isNotFound(error: unknown): boolean {
-  if (codeOf(error) === 'NARRACE_NOT_FOUND') return true
-  const cause = (error as { cause?: unknown } | undefined)?.cause
-  if (!(cause instanceof AggregateError)) return false
-  return cause.errors.some((e) => codeOf(e) === 'NARRACE_NOT_FOUND' || codeOf(e) === 'NARRACE_INVALID_NARINFO')
+  const code = codeOf(error)
+  return code === 'NARRACE_NOT_FOUND' || code === 'NARRACE_INVALID_NARINFO'
 }
 
 export interface NarInfoRouteContext {
@@ -45,26 +46,34 @@ export interface NarInfoRoute {
    * learned into the index (a narinfo the index refuses is still served). Rejects as resolveNarInfo does.
    */
   lookupNarInfo(hashPart: string, signal: AbortSignal): Promise<{ served: ServedNarInfo; cached: boolean }>
+  /** The served narinfo of a hash part if it is in memory; never asks an upstream. */
+  cachedNarInfo(hashPart: string): ServedNarInfo | undefined
   serveNarInfo(hashPart: string, res: ServerResponse, head: boolean): Promise<void>
 }
 
 export function createNarInfoRoute(context: NarInfoRouteContext): NarInfoRoute {
   const { metrics, logger, requestSignal, narInfoTimeoutMs, narInfoTtlMs } = context
   /** Found narinfo by hash part; a miss is never cached, since the path may be pushed upstream any time. */
-  const narInfos = new Map<string, { served: ServedNarInfo; expires: number }>()
+  const narInfos = new LRUCache<string, ServedNarInfo>({
+    maxSize: NARINFO_CACHE_BYTES,
+    // The text twice (served and as parsed) and the parsed fields.
+    sizeCalculation: (served) => 2 * served.text.length + 1024,
+    ttl: Math.max(narInfoTtlMs, 1),
+  })
   /** Lookups in flight, by hash part, shared by every request for it. */
   const lookups = new Map<string, Promise<ServedNarInfo>>()
 
   function remember(hashPart: string, served: ServedNarInfo): void {
-    if (narInfoTtlMs <= 0) return
-    narInfos.delete(hashPart)
-    narInfos.set(hashPart, { served, expires: performance.now() + narInfoTtlMs })
-    if (narInfos.size > MAX_CACHED_NARINFO) narInfos.delete(narInfos.keys().next().value!)
+    if (narInfoTtlMs > 0) narInfos.set(hashPart, served)
+  }
+
+  function cachedNarInfo(hashPart: string): ServedNarInfo | undefined {
+    return narInfos.get(hashPart)
   }
 
   async function lookupNarInfo(hashPart: string, signal: AbortSignal): Promise<{ served: ServedNarInfo; cached: boolean }> {
     const cached = narInfos.get(hashPart)
-    if (cached && cached.expires > performance.now()) return { served: cached.served, cached: true }
+    if (cached) return { served: cached, cached: true }
     let lookup = lookups.get(hashPart)
     if (!lookup) {
       // One lookup for every request asking at once; a client that leaves does not end it for the others.
@@ -113,11 +122,11 @@ export function createNarInfoRoute(context: NarInfoRouteContext): NarInfoRoute {
       const notFound = isNotFound(error)
       metrics.narinfoRequests.inc({ outcome: notFound ? 'not_found' : 'failed' })
       if (!notFound) logger.warn({ hashPart, err: error }, 'narinfo failed')
-      sendText(res, head, notFound ? 404 : 502, notFound ? 'not found\n' : `${message(error)}\n`)
+      sendText(res, head, notFound ? 404 : 503, notFound ? 'not found\n' : `${message(error)}\n`)
     } finally {
       done()
     }
   }
 
-  return { lookupNarInfo, serveNarInfo }
+  return { lookupNarInfo, cachedNarInfo, serveNarInfo }
 }

@@ -1,4 +1,5 @@
 import { once } from 'node:events'
+import { rm } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import type { NarBackend } from '@narrace/core'
@@ -9,7 +10,6 @@ import { DEFAULT_MAX_CONNECTIONS, DEFAULT_MEMORY_BUDGET, DEFAULT_PRIORITY, DEFAU
 import { upstreamCacheInfo } from './cache-info.js'
 import { ProxyMetrics } from './metrics.js'
 import { serveMapping, serveMappingsSince } from './mappings-route.js'
-import { MemoryBudget } from './budget.js'
 import { createNarRoute } from './nar-route.js'
 import { createNarInfoRoute } from './narinfo-route.js'
 import { passthroughCounter, servePassthrough, upstreamDispatcher } from './passthrough.js'
@@ -17,7 +17,7 @@ import type { PeerMappings } from './peer-mappings.js'
 import { sendText, type RequestSignal } from './respond.js'
 import { routeRequest, type Route } from './routes.js'
 import { learnNarInfo, servedNarInfo } from './served-narinfo.js'
-import { Spool } from './spool.js'
+import { spoolDirectory } from './spool.js'
 import type { ProxyStore } from './store-wiring.js'
 import { perUpstreamUrls, type UpstreamNames } from './upstream-backends.js'
 
@@ -62,7 +62,7 @@ export interface ProxyOptions {
   maxNarBytes?: number
   /** `--memory-budget`: verify-first buffering across all requests stays under this many bytes. @default 256 MiB */
   memoryBudget?: number
-  /** Where NARs past the memory budget are verified on disk. @default DEFAULT_SPOOL_DIR */
+  /** Where downloads are spooled. @default `narrace-spool-<pid>` under the temp dir, removed on close */
   spoolDir?: string
   /** `--max-connections`: downloads open at once to each upstream; the rest queue. @default 25 */
   maxConnections?: number
@@ -110,7 +110,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   )
   const upstreamUrls = [...upstreams.keys()]
   // narrace_upstream_up follows each upstream's circuit breaker; it keeps no timer, so read it at scrape time.
-  metrics.watchUpstreams([...upstreams].map(([url, backend]) => ({ upstream: url, isUp: () => backend.health.isUp() })))
+  metrics.upstreamUp(() => [...upstreams].map(([url, backend]) => [url, backend.health.isUp()] as [string, boolean]))
   const trustedKeys = options.trustedPublicKeys?.length ? options.trustedPublicKeys : undefined
   const narInfoTimeoutMs = options.narInfoTimeoutMs ?? DEFAULT_NARINFO_TIMEOUT_MS
   const names: UpstreamNames = {
@@ -154,7 +154,6 @@ export function createProxy(options: ProxyOptions): Proxy {
   const shutdown = new AbortController()
   let url: string | undefined
   let closing: Promise<void> | undefined
-  let spool: Promise<Spool> | undefined
 
   /** Called whenever a request leaves `inFlight`; shutdown() waits on it for the set to empty. */
   let onSettled: (() => void) | undefined
@@ -171,7 +170,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     res.once('close', onClose)
     return { signal: controller.signal, done: () => settle(controller) }
   }
-  const { lookupNarInfo, serveNarInfo } = createNarInfoRoute({
+  const { lookupNarInfo, cachedNarInfo, serveNarInfo } = createNarInfoRoute({
     upstreams: [...upstreams.values()],
     trustedKeys,
     metrics,
@@ -183,25 +182,29 @@ export function createProxy(options: ProxyOptions): Proxy {
     narInfoTtlMs: options.narInfoTtlMs ?? DEFAULT_NARINFO_TTL_MS,
     shutdown: shutdown.signal,
   })
-  const { serveNar } = createNarRoute({
+  // A spool folder of its own is removed on close; one the caller gave is the caller's.
+  const spoolDir = options.spoolDir ?? spoolDirectory()
+  const narRoute = createNarRoute({
     index,
-    upstreams,
-    backends,
-    upstreamBackends,
     metrics,
     logger,
-    requestSignal,
-    lookupNarInfo,
+    backends,
+    upstreamBackends,
+    upstreams,
     store: options.store,
     peerMappings: options.peerMappings,
+    lookupNarInfo,
+    cachedNarInfo,
+    requestSignal,
+    narInfoTimeoutMs,
     verifyFirstBelow,
+    memoryBudget: options.memoryBudget ?? DEFAULT_MEMORY_BUDGET,
+    spoolDir,
     stallTimeoutMs: options.stallTimeoutMs,
     minBytesPerSecond: options.minBytesPerSecond,
     maxNarBytes: options.maxNarBytes,
-    narInfoTimeoutMs,
-    budget: new MemoryBudget(options.memoryBudget ?? DEFAULT_MEMORY_BUDGET),
-    spool: () => (spool ??= Spool.open(options.spoolDir)),
   })
+
 
   const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: 10_000 }, (req, res) => {
     handle(req, res).catch((error: unknown) => {
@@ -251,7 +254,7 @@ export function createProxy(options: ProxyOptions): Proxy {
         await serveNarInfo(route.hashPart, res, head)
         return
       case 'nar':
-        await serveNar(route, res, head)
+        await narRoute.serve(route, res, head)
         return
       case 'mapping':
         serveMapping(index, route.fileHash, res, head)
@@ -319,12 +322,13 @@ export function createProxy(options: ProxyOptions): Proxy {
         cacheInfo.close()
         shutdown.abort(new Error('the proxy is closing'))
         for (const controller of inFlight) controller.abort(new Error('the proxy is closing'))
+        narRoute.downloads.abortAll(new Error('the proxy is closing'))
         const closed = server.listening ? once(server, 'close') : Promise.resolve()
         if (server.listening) server.close()
         server.closeAllConnections()
         await closed
         await Promise.all([...upstreams.values()].map((backend) => backend.close()))
-        if (spool) await (await spool.catch(() => undefined))?.close()
+        if (options.spoolDir === undefined) await rm(spoolDir, { recursive: true, force: true })
         if (ownIndex) index.close()
       })()
       return closing

@@ -12,6 +12,9 @@ export { INDEX_SCHEMA_VERSION } from './schema.js'
 /** How long a direct write waits for another process holding the file's lock before it fails. @default 5000 */
 export const DEFAULT_BUSY_TIMEOUT_MS = 5_000
 
+/** How long `exportSince` waits for queued writes to reach the file before it reads what is there. */
+const EXPORT_FLUSH_WAIT_MS = 1_000
+
 /** Rows read per query while exporting, so that no read transaction stays open across awaits. */
 const EXPORT_PAGE = 1_000
 
@@ -420,6 +423,8 @@ class SqliteNarIndex implements NarIndex {
   async *exportSince(since: Date | string): AsyncIterable<string> {
     const time = since instanceof Date ? since.getTime() : Date.parse(since)
     if (Number.isNaN(time)) throw new InvalidNarLocationError(`'${String(since)}' is not a date`)
+    // Queued writes are changes too: give them a moment to reach the file, but never wait on a lock for long.
+    await this.queue?.drain(AbortSignal.timeout(EXPORT_FLUSH_WAIT_MS)).catch(() => {})
     let afterTime = new Date(time).toISOString()
     let afterHash = ''
     let first = true
