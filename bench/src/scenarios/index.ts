@@ -8,9 +8,10 @@ import { ipfs } from './ipfs.js'
 import { nix } from './nix.js'
 import { overhead } from './overhead.js'
 import { race } from './race.js'
+import { proxyLoad } from './proxy-load.js'
 import { store } from './store.js'
 import { stripe } from './stripe.js'
 import { torrent } from './torrent.js'
 
 /** Every scenario, in the order `pnpm bench` runs them. */
-export const SCENARIOS: Scenario[] = [coreOverhead, http, overhead, backends, race, failover, stripe, concurrency, ipfs, torrent, nix, store]
+export const SCENARIOS: Scenario[] = [coreOverhead, http, overhead, backends, race, failover, stripe, concurrency, ipfs, torrent, nix, store, proxyLoad]

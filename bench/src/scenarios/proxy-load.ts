@@ -1,0 +1,254 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { readdir, readFile } from 'node:fs/promises'
+import { request as httpRequest } from 'node:http'
+import { connect, type Socket } from 'node:net'
+import { fileURLToPath } from 'node:url'
+import { narInfoText, randomHashPart } from '../narinfo-text.js'
+import type { Sample } from '../results.js'
+import type { Scenario } from '../scenario.js'
+import { spawnNarServer, type ServedNar } from '../server.js'
+import { MiB, formatSize, median, round } from '../stats.js'
+
+const PROXY_MAIN = fileURLToPath(new URL('../../../examples/proxy/dist/main.js', import.meta.url))
+const NAR_SIZE = 8 * MiB
+const CLIENTS = 500
+const SLOWLORIS = 500
+const HANGUPS = 200
+/** Every client waits at most this long; the scenario never runs unbounded. */
+const CLIENT_TIMEOUT_MS = 120_000
+
+interface RunningProxy {
+  child: ChildProcess
+  url: string
+  stop(): Promise<void>
+}
+
+async function startProxy(upstream: string): Promise<RunningProxy> {
+  const child = spawn(process.execPath, [PROXY_MAIN, '--listen', '127.0.0.1:0', '--upstream', upstream, '--index', ':memory:'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  let out = ''
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the proxy did not start within 20 s')), 20_000)
+    child.stdout!.on('data', (data: Buffer) => {
+      out += data.toString()
+      const match = /"url":"(http:\/\/127\.0\.0\.1:\d+)"/.exec(out)
+      if (match) {
+        clearTimeout(timer)
+        resolve(match[1]!)
+      }
+    })
+    child.once('exit', (code) => reject(new Error(`the proxy exited with ${code}`)))
+  })
+  // Drain its log lines so that a full pipe never stalls it.
+  child.stdout!.resume()
+  return {
+    child,
+    url,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGINT')
+        await once(child, 'exit')
+      }
+    },
+  }
+}
+
+/** The proxy's resident memory now and at its peak, from /proc, in MiB. */
+async function memory(pid: number): Promise<{ rss: number; peak: number }> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8')
+  const kib = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN)
+  return { rss: kib('VmRSS') / 1024, peak: kib('VmHWM') / 1024 }
+}
+
+const openFiles = async (pid: number): Promise<number> => (await readdir(`/proc/${pid}/fd`)).length
+
+/** GETs a URL over its own connection and reads it all; resolves with the status and the bytes read. */
+function fetchAll(url: string, hangUpAfter?: number): Promise<{ status: number; bytes: number; complete: boolean }> {
+  return new Promise((resolve) => {
+    const req = httpRequest(url, { agent: false, timeout: CLIENT_TIMEOUT_MS })
+    let bytes = 0
+    req.once('error', () => resolve({ status: 0, bytes, complete: false }))
+    req.once('timeout', () => req.destroy())
+    req.once('response', (res) => {
+      res.on('data', (chunk: Buffer) => {
+        bytes += chunk.length
+        if (hangUpAfter !== undefined && bytes >= hangUpAfter) req.destroy()
+      })
+      res.once('close', () => resolve({ status: res.statusCode ?? 0, bytes, complete: res.complete }))
+    })
+    req.end()
+  })
+}
+
+/** Asks for /nix-cache-info every 20 ms until `done` resolves; the slowest answer, in ms. */
+async function pollCacheInfo(url: string, done: Promise<unknown>): Promise<number> {
+  let worst = 0
+  let finished = false
+  void done.finally(() => (finished = true))
+  while (!finished) {
+    const t0 = performance.now()
+    await fetchAll(`${url}/nix-cache-info`)
+    worst = Math.max(worst, performance.now() - t0)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  return worst
+}
+
+/** Holds a connection open by sending one header byte every 5 s and never ending the head. */
+function slowloris(url: string): Socket {
+  const { port } = new URL(url)
+  const socket = connect(Number(port), '127.0.0.1')
+  socket.on('error', () => {})
+  socket.write('GET /nix-cache-info HTTP/1.1\r\nHost: x\r\n')
+  const timer = setInterval(() => socket.write('X'), 5_000)
+  socket.once('close', () => clearInterval(timer))
+  return socket
+}
+
+/** A pass as Nix makes it: each narinfo, then its NAR, one after another; its time in ms. */
+async function pass(url: string, nars: { hashPart: string; nar: ServedNar }[]): Promise<number> {
+  const t0 = performance.now()
+  for (const { hashPart, nar } of nars) {
+    const info = await fetchAll(`${url}/${hashPart}.narinfo`)
+    const body = await fetchAll(`${url}/${nar.url}`)
+    if (info.status !== 200 || body.status !== 200 || !body.complete) throw new Error(`${nar.url}: ${body.status}`)
+  }
+  return performance.now() - t0
+}
+
+async function metric(url: string, name: string): Promise<number> {
+  const text = await new Promise<string>((resolve, reject) => {
+    httpRequest(`${url}/metrics`, { agent: false }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => (body += chunk))
+      res.on('end', () => resolve(body))
+    })
+      .once('error', reject)
+      .end()
+  })
+  let sum = 0
+  for (const line of text.split('\n')) if (line.startsWith(`${name}{`) || line.startsWith(`${name} `)) sum += Number(line.slice(line.lastIndexOf(' ') + 1))
+  return sum
+}
+
+/** Issue 12: the built proxy under many clients, slowloris and hang-ups; its memory and descriptors. */
+export const proxyLoad: Scenario = {
+  name: 'proxy-load',
+  title: 'proxy-load: 500 clients on one NAR and on 500 NARs, slowloris, hang-ups',
+  async run({ signal, log }) {
+    const samples: Sample[] = []
+    const server = await spawnNarServer()
+    const rows: Record<string, string | number>[] = []
+    const ratios: { id: string; label: string; value: number }[] = []
+    try {
+      // One NAR, every client at once.
+      const one = await server.add(NAR_SIZE, 1)
+      const oneHash = randomHashPart()
+      await server.addNarInfo(oneHash, narInfoText(oneHash, one))
+      let proxy = await startProxy(server.url)
+      try {
+        await fetchAll(`${proxy.url}/${oneHash}.narinfo`)
+        const clients = Promise.all(Array.from({ length: CLIENTS }, () => fetchAll(`${proxy.url}/${one.url}`)))
+        const worst = await pollCacheInfo(proxy.url, clients)
+        const answers = await clients
+        const ok = answers.filter((a) => a.status === 200 && a.complete && a.bytes === NAR_SIZE).length
+        const downloads = await metric(proxy.url, 'narrace_backend_wins_total')
+        const { peak } = await memory(proxy.child.pid!)
+        rows.push({ case: `${CLIENTS} clients, one ${formatSize(NAR_SIZE)} NAR`, ok, 'upstream downloads': downloads, 'peak RSS MiB': round(peak), 'worst /nix-cache-info ms': round(worst) })
+        samples.push({ variant: 'one NAR', run: 0, ms: worst, bytes: peak * MiB })
+        ratios.push({ id: 'proxy-load/one-nar-downloads', label: `upstream downloads for ${CLIENTS} clients of one NAR`, value: downloads })
+        ratios.push({ id: 'proxy-load/one-nar-peak-rss-mib', label: 'peak proxy RSS (MiB), one NAR', value: round(peak) })
+        ratios.push({ id: 'proxy-load/one-nar-cache-info-ms', label: 'slowest /nix-cache-info meanwhile (ms)', value: round(worst) })
+        log(`one NAR: ${ok}/${CLIENTS} ok, ${downloads} downloads, peak ${round(peak)} MiB, /nix-cache-info ≤ ${round(worst)} ms`)
+      } finally {
+        await proxy.stop()
+      }
+      signal.throwIfAborted()
+
+      // As many NARs as clients.
+      const many: { hashPart: string; nar: ServedNar }[] = []
+      for (let i = 0; i < CLIENTS; i++) {
+        const nar = await server.add(NAR_SIZE, 1000 + i)
+        const hashPart = randomHashPart()
+        await server.addNarInfo(hashPart, narInfoText(hashPart, nar))
+        many.push({ hashPart, nar })
+      }
+      proxy = await startProxy(server.url)
+      try {
+        const answers = await Promise.all(
+          many.map(async ({ hashPart, nar }) => {
+            await fetchAll(`${proxy.url}/${hashPart}.narinfo`)
+            return fetchAll(`${proxy.url}/${nar.url}`)
+          }),
+        )
+        const errors = answers.filter((a) => a.status !== 200 || !a.complete || a.bytes !== NAR_SIZE).length
+        const { peak } = await memory(proxy.child.pid!)
+        await new Promise((resolve) => setTimeout(resolve, 5_000))
+        const { rss: idle } = await memory(proxy.child.pid!)
+        rows.push({ case: `${CLIENTS} clients, ${CLIENTS} distinct ${formatSize(NAR_SIZE)} NARs`, ok: CLIENTS - errors, errors, 'peak RSS MiB': round(peak), 'idle RSS MiB (5 s after)': round(idle) })
+        ratios.push({ id: 'proxy-load/many-nars-errors', label: `errors, ${CLIENTS} distinct NARs`, value: errors })
+        ratios.push({ id: 'proxy-load/many-nars-peak-rss-mib', label: 'peak proxy RSS (MiB), distinct NARs', value: round(peak) })
+        ratios.push({ id: 'proxy-load/many-nars-idle-rss-mib', label: 'idle proxy RSS (MiB) after the run', value: round(idle) })
+        log(`${CLIENTS} NARs: ${errors} errors, peak ${round(peak)} MiB, idle ${round(idle)} MiB`)
+      } finally {
+        await proxy.stop()
+      }
+      signal.throwIfAborted()
+
+      // Slowloris: a normal pass with and without 500 connections that never finish their head.
+      proxy = await startProxy(server.url)
+      const sample = many.slice(0, 6)
+      try {
+        await pass(proxy.url, sample)
+        const quiet: number[] = []
+        const loaded: number[] = []
+        for (let round_ = 0; round_ < 3; round_++) {
+          quiet.push(await pass(proxy.url, sample))
+          const sockets = Array.from({ length: SLOWLORIS }, () => slowloris(proxy.url))
+          await new Promise((resolve) => setTimeout(resolve, 500))
+          loaded.push(await pass(proxy.url, sample))
+          for (const socket of sockets) socket.destroy()
+        }
+        const ratio = round(median(loaded) / median(quiet))
+        rows.push({ case: `a pass of 6 NARs beside ${SLOWLORIS} slowloris connections`, 'quiet ms p50': round(median(quiet)), 'slowloris ms p50': round(median(loaded)), ratio })
+        ratios.push({ id: 'proxy-load/slowloris-ratio', label: `pass time with ${SLOWLORIS} slowloris / without`, value: ratio })
+        log(`slowloris: ${ratio}`)
+
+        // Hang-ups at random points: descriptors back to where they were.
+        // The slowloris sockets are gone once the proxy has seen them close.
+        await new Promise((resolve) => setTimeout(resolve, 1_000))
+        const before = await openFiles(proxy.child.pid!)
+        await Promise.all(
+          Array.from({ length: HANGUPS }, (_, i) => fetchAll(`${proxy.url}/${many[i % many.length]!.nar.url}`, Math.floor(Math.random() * NAR_SIZE))),
+        )
+        let after = await openFiles(proxy.child.pid!)
+        for (let i = 0; i < 100 && after > before; i++) {
+          await new Promise((resolve) => setTimeout(resolve, 100))
+          after = await openFiles(proxy.child.pid!)
+        }
+        rows.push({ case: `${HANGUPS} clients hanging up at random points`, 'fds before': before, 'fds after': after })
+        ratios.push({ id: 'proxy-load/hangup-fds-delta', label: `open descriptors after ${HANGUPS} hang-ups minus before`, value: after - before })
+        log(`hang-ups: fds ${before} → ${after}`)
+      } finally {
+        await proxy.stop()
+      }
+    } finally {
+      await server.close()
+    }
+    return {
+      assumptions: [
+        `The built proxy (examples/proxy/dist/main.js) in its own process, its one upstream the bench cache in another, all on 127.0.0.1; NARs of ${formatSize(NAR_SIZE)}, verified whole before they go out (8 MiB is the verify-first bound). Clients read everything they get.`,
+        'Peak RSS is the kernel\'s high-water mark (VmHWM) of the proxy process; idle RSS is VmRSS 5 s after the last client.',
+        `Upstream downloads are counted by the proxy's narrace_backend_wins_total: one per race.`,
+        `Slowloris connections send a request head one byte every 5 s; the proxy cuts heads after 10 s. Every client has a ${CLIENT_TIMEOUT_MS / 1000} s timeout.`,
+      ],
+      ratios,
+      tables: [{ caption: 'The proxy under load', rows }],
+      notMeasured: ['nix copy itself: the slowloris row times a pass of narinfo + NAR requests made as Nix makes them, not Nix.'],
+      samples,
+    }
+  },
+}
