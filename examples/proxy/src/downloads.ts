@@ -41,7 +41,6 @@ export class NarDownload {
   readonly opened: Promise<void>
   /** Resolves once the whole file is in and verified, rejects with the reason it is not. */
   readonly finished: Promise<void>
-  readonly started = performance.now()
   readers = 0
   /** The metrics of this download's race, set when it opens. */
   tracker: NarTracker | undefined

@@ -101,20 +101,21 @@ export function createNarRoute(context: NarRouteContext): {
         blame?.(event)
       }
       const maxNarBytes = size === undefined ? boundOf(location) : undefined
+      // The standard name; each upstream that named the file otherwise is asked under its own name.
+      const url = `nar/${hash.nix32}.nar${compressionSuffix(location)}`
       try {
         const stream = await resolveNar(hash, {
           backends: context.store ? context.store.backendsFor(hash, context.backends) : context.backends,
           signal,
           size,
-          // The standard name; each upstream that named the file otherwise is asked under its own name.
-          url: `nar/${hash.nix32}.nar${compressionSuffix(location)}`,
+          url,
           verifyFirstBelow,
           ...(context.stallTimeoutMs !== undefined ? { stallTimeoutMs: context.stallTimeoutMs } : {}),
           ...(context.minBytesPerSecond !== undefined ? { minBytesPerSecond: context.minBytesPerSecond } : {}),
           ...(maxNarBytes !== undefined ? { maxNarBytes } : {}),
           onEvent,
         })
-        const body = context.store ? context.store.tee(stream, `nar/${hash.nix32}.nar${compressionSuffix(location)}`) : stream
+        const body = context.store ? context.store.tee(stream, url) : stream
         return { stream, body }
       } catch (error) {
         // A stored copy that failed verification is dropped; Nix retries and gets a fresh one.
