@@ -1,7 +1,8 @@
 /**
  * Donation end to end, as users run the built proxy: proxy A keeps and donates what it served to Nix;
- * then the upstream loses its NAR files, and proxies B (no store, not A's NAR route, only A's mappings
- * endpoint and the p2p networks) serve the same closure to another Nix.
+ * then the upstream loses its NAR files, and proxy B (no store, not A's NAR route, only A's mappings
+ * endpoint and the p2p networks) serves the same closure to another Nix. Once with Kubo over RPC, a
+ * network per B so that each must win every NAR; once with A's embedded Helia and both networks in one B.
  */
 import { cp, mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -26,7 +27,7 @@ const closure = [root, ...fixtures.paths.filter((p) => p.name.startsWith('closur
 /** The closure and one NAR of several IPFS blocks, which only a mapping can find. */
 const served = [...closure, big]
 
-type LogLine = { msg: string; nar?: string; outcome?: string; winner?: string; sources?: string[]; cid?: string; btih?: string }
+type LogLine = { msg: string; nar?: string; outcome?: string; winner?: string; sources: string[]; tried: string[]; cid?: string; btih?: string; ipfs?: { addrs: string[] } }
 const log = (proxy: RunningProxy): LogLine[] => proxy.stdout.map((line) => JSON.parse(line) as LogLine)
 
 const copy = (url: string): Promise<NixRun> => copyPaths(url, served, key)
@@ -132,5 +133,66 @@ describe.skipIf(!built || !nixAvailable)('--donate: what one proxy kept, another
     } finally {
       await fresh.close()
     }
+  })
+})
+
+describe.skipIf(!built || !nixAvailable)('--donate with --ipfs embedded and a tracker: B serves the closure from both networks', () => {
+  let work: string
+  let upstream: CacheServer
+  let tracker: Tracker
+  const proxies: RunningProxy[] = []
+
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), 'narrace-donate-embedded-'))
+    await cp(fixtures.cacheDir, join(work, 'cache'), { recursive: true })
+    upstream = await startCacheServer({ root: join(work, 'cache') })
+    tracker = await startTracker()
+  }, 60_000)
+  afterAll(async () => {
+    await Promise.all(proxies.splice(0).map((p) => p.stop()))
+    await tracker?.close()
+    await upstream?.close()
+    await rm(work, { recursive: true, force: true })
+  })
+
+  it('A keeps and donates with embedded Helia and a torrent; B (no store, not A\'s NAR route) races IPFS and torrent for every NAR and wins each over p2p, none from HTTP', async () => {
+    const a = await startProxy([
+      '--upstream', upstream.url, '--trusted-public-key', key, '--index', ':memory:',
+      '--store', join(work, 'store-a'), '--donate', '--ipfs', 'embedded',
+      '--torrent', '--announce', tracker.announce[0]!,
+    ])
+    proxies.push(a)
+    const first = await copy(a.url)
+    expect(first.code, first.stderr).toBe(0)
+    await until(() => log(a).filter((l) => l.msg === 'donated').length === served.length, 60_000, 'every NAR donated')
+    for (const line of log(a).filter((l) => l.msg === 'donated')) {
+      expect(line.cid).toMatch(/^bafk|^bafy/)
+      expect(line.btih).toMatch(/^[0-9a-f]{40}$/)
+    }
+
+    for (const name of await readdir(join(work, 'cache', 'nar'))) await rm(join(work, 'cache', 'nar', name))
+    expect((await get(`${a.url}/${root.hashPart}.narinfo`)).status).toBe(200)
+
+    const ipfsAddr = log(a)[0]!.ipfs!.addrs[0]!
+    const before = upstream.requests.length
+    const b = await startProxy([
+      '--upstream', upstream.url, '--trusted-public-key', key, '--index', ':memory:', '--mappings-from', a.url,
+      '--ipfs', 'embedded', '--ipfs-bootstrap', ipfsAddr, '--torrent', '--announce', tracker.announce[0]!,
+    ])
+    proxies.push(b)
+    const second = await copy(b.url)
+    expect(second.code, second.stderr).toBe(0)
+
+    const nars = log(b).filter((l) => l.msg === 'nar' && l.outcome === 'ok')
+    expect(nars.length).toBeGreaterThanOrEqual(served.length)
+    // Both networks race for every NAR; which one answers first is the race's to decide, never HTTP.
+    for (const line of nars) {
+      expect(line.tried, line.nar).toEqual(expect.arrayContaining(['ipfs', 'torrent']))
+      expect(['ipfs', 'torrent'], line.nar).toContain(line.winner)
+      expect(line.sources.filter((s) => s !== 'ipfs' && s !== 'torrent'), line.nar).toEqual([])
+    }
+    expect(log(a).filter((l) => l.msg === 'nar').length).toBe(served.length)
+    const narAnswers = upstream.requests.slice(before).filter((r) => r.path.includes('/nar/') && r.status === 200)
+    expect(narAnswers).toEqual([])
   })
 })
