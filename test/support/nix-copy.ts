@@ -10,9 +10,14 @@ export async function until(check: () => boolean, ms: number, what: string): Pro
   }
 }
 
-/** `nix copy --from url` of these store paths into a fresh store, checking that each arrived. */
-export async function copyPaths(url: string, paths: Array<{ name: string; storePath: string }>, key: string): Promise<NixRun> {
-  const nix = await nixSandbox()
+/** `nix copy --from url` of these store paths into a fresh store, checking that each arrived; `wrap` as for nixSandbox. */
+export async function copyPaths(
+  url: string,
+  paths: Array<{ name: string; storePath: string }>,
+  key: string,
+  wrap: string[] = [],
+): Promise<NixRun> {
+  const nix = await nixSandbox(wrap)
   try {
     const store = nix.store()
     const run = await nix.copyFrom(url, store, paths.map((p) => p.storePath), key)

@@ -34,7 +34,8 @@ export interface NixSandbox {
   close(): Promise<void>
 }
 
-export async function nixSandbox(): Promise<NixSandbox> {
+/** `wrap`: a command Nix runs under, such as `ip netns exec NS`. */
+export async function nixSandbox(wrap: string[] = []): Promise<NixSandbox> {
   const dir = await mkdtemp(join(tmpdir(), 'narrace-nix-'))
   let stores = 0
   const env: NodeJS.ProcessEnv = {
@@ -48,7 +49,8 @@ export async function nixSandbox(): Promise<NixSandbox> {
   const run = (command: 'nix' | 'nix-store', args: string[], timeoutMs = 60_000): Promise<NixRun> =>
     new Promise((resolve) => {
       const started = performance.now()
-      execFile(command, args, { env, timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+      const [file, ...prefix] = [...wrap, command]
+      execFile(file!, [...prefix, ...args], { env, timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
         const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0
         resolve({ code, stdout, stderr, ms: performance.now() - started })
       })

@@ -35,9 +35,20 @@ export interface RunningProxy {
   stop(signal?: NodeJS.Signals): Promise<number | null>
 }
 
+/** Where a proxy runs: a command it is started under (`ip netns exec NS`) and the address it listens on. */
+export interface ProxyPlace {
+  wrap?: string[]
+  /** @default '127.0.0.1:0' */
+  listen?: string
+}
+
 /** Starts the proxy and reads its address from the first line it writes, as a script would. */
-export async function startProxy(args: string[], env: NodeJS.ProcessEnv = hermetic): Promise<RunningProxy> {
-  const child = spawn(process.execPath, [main, '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env })
+export async function startProxy(args: string[], env: NodeJS.ProcessEnv = hermetic, place: ProxyPlace = {}): Promise<RunningProxy> {
+  const [command, ...prefix] = [...(place.wrap ?? []), process.execPath]
+  const child = spawn(command!, [...prefix, main, '--listen', place.listen ?? '127.0.0.1:0', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env,
+  })
   let stdout = ''
   let stderr = ''
   child.stdout!.on('data', (data: Buffer) => (stdout += data.toString()))
@@ -46,7 +57,7 @@ export async function startProxy(args: string[], env: NodeJS.ProcessEnv = hermet
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no address within 20 s:\n${stdout}${stderr}`)), 20_000)
     const onData = (): void => {
-      const match = /listening on (http:\/\/127\.0\.0\.1:\d+) /.exec(stdout)
+      const match = /listening on (http:\/\/[\d.]+:\d+) /.exec(stdout)
       if (match) {
         clearTimeout(timer)
         child.stdout!.off('data', onData)

@@ -60,6 +60,8 @@ export interface ProxyArgs {
   discover: boolean
   /** `--peer URL`: other narrace proxies, raced as NAR sources and asked for mappings. */
   peers: string[]
+  /** `--lan`: advertise over mDNS and take the proxies found there as peers. */
+  lan: boolean
 }
 
 /** Thrown for a command line the proxy can't run with; main prints the message and exits with 2. */
@@ -95,6 +97,9 @@ Options:
   --no-discover                   do not look NARs up by FileHash in the DHT (on whenever IPFS is embedded)
   --peer URL                      another narrace proxy: raced as a NAR source and asked for mappings;
                                   its narinfo is used only when signed by a trusted key; repeat for more
+  --lan                           advertise this proxy on the LAN over mDNS (_narrace._tcp) and race the
+                                  narrace proxies found there as --peers while they answer (off by default;
+                                  needs --listen on an address the LAN reaches, e.g. 0.0.0.0:8080)
   --torrent                       also fetch from BitTorrent, through mappings in the index
   --announce URL                  a tracker for --torrent; repeat for more
   --verify-first-below BYTES      verify NARs up to this size before sending a byte (default ${DEFAULT_VERIFY_FIRST_BELOW})
@@ -164,6 +169,11 @@ function publicKey(value: string): string {
   return value
 }
 
+/** Whether no other machine can reach a proxy listening on `host`. */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.')
+}
+
 /** Parses the proxy's command line; throws ProxyUsageError with a one-line message. */
 export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
   // `pnpm proxy -- --flag` hands the separator through.
@@ -213,6 +223,7 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
     ipfsBootstrap: values['ipfs-bootstrap'] ?? [],
     discover: !(values['no-discover'] ?? false),
     peers: (values.peer ?? []).map((u) => httpUrl(u, '--peer')),
+    lan: values.lan ?? false,
   }
   if (values.ipfs !== undefined) {
     if (values.ipfs !== 'embedded') throw new ProxyUsageError(`--ipfs: '${values.ipfs}' is not 'embedded' (for Kubo, use --ipfs-api URL)`)
@@ -240,6 +251,9 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
     throw new ProxyUsageError('--ipfs-listen and --ipfs-bootstrap need --ipfs embedded')
   }
   if (result.donate && result.store === undefined) throw new ProxyUsageError('--donate needs --store: what is donated is what the store keeps')
+  if (result.lan && isLoopbackHost(result.listen.host)) {
+    throw new ProxyUsageError(`--lan needs --listen on an address the LAN reaches (e.g. 0.0.0.0:8080), not ${result.listen.host}`)
+  }
   return result
 }
 
@@ -274,6 +288,7 @@ function parse(args: string[]) {
       'ipfs-bootstrap': { type: 'string', multiple: true },
       'no-discover': { type: 'boolean' },
       peer: { type: 'string', multiple: true },
+      lan: { type: 'boolean' },
     },
   })
 }

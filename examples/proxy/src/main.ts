@@ -10,6 +10,7 @@ import { defaultIndexPath } from 'narrace'
 import { pino, type Logger } from 'pino'
 import { Donation } from './donation.js'
 import { startEmbeddedIpfs, type EmbeddedIpfs } from './embedded-ipfs.js'
+import type { LanPeers } from './lan.js'
 import { peerBackend } from './peers.js'
 import { PeerMappings } from './peer-mappings.js'
 import { ProxyStore } from './store-wiring.js'
@@ -72,6 +73,12 @@ async function p2pBackends(
   }
   for (const peer of args.peers) backends.push(peerBackend(peer))
   return { backends, ...(torrentClient ? { torrentClient } : {}), ...(embedded ? { embedded } : {}) }
+}
+
+/** `--lan`: loaded only when asked for, so that the proxy starts without mDNS otherwise. */
+async function lanPeers(args: ProxyArgs, logger: Logger): Promise<LanPeers> {
+  const { LanPeers } = await import('./lan.js')
+  return new LanPeers({ listen: args.listen, logger, backend: peerBackend })
 }
 
 /** `--store` and `--donate`: the store opened (one owner: a second proxy gets one line), and the donation. */
@@ -137,9 +144,13 @@ async function main(): Promise<void> {
   }
   const { backends: p2p, torrentClient, embedded } = await p2pBackends(args, index)
   const logger = pino()
-  // A --peer is asked for mappings as a --mappings-from is.
+  const lan = args.lan ? await lanPeers(args, logger) : undefined
+  // A --peer (and a peer found on the LAN) is asked for mappings as a --mappings-from is.
   const mappingPeers = [...new Set([...args.mappingsFrom, ...args.peers])]
-  const peerMappings = mappingPeers.length > 0 ? new PeerMappings({ peers: mappingPeers, index }) : undefined
+  const peerMappings =
+    mappingPeers.length > 0 || lan
+      ? new PeerMappings({ peers: lan ? () => [...new Set([...mappingPeers, ...lan.urls()])] : mappingPeers, index })
+      : undefined
   // With --mappings-from, a p2p source asks the peers for a mapping before it reads the index.
   const backends = peerMappings ? p2p.map((backend) => peerMappings.wrap(backend)) : p2p
   const { store, proxyStore, donation } = await openStoreParts(args, index, logger, torrentClient, embedded)
@@ -157,11 +168,14 @@ async function main(): Promise<void> {
     maxConnections: args.maxConnections,
     ...(proxyStore ? { store: proxyStore } : {}),
     ...(peerMappings ? { peerMappings } : {}),
+    ...(lan ? { dynamicBackends: () => lan.backends() } : {}),
   })
   const url = await proxy.listen().catch((error: Error) => {
     if (error instanceof UpstreamStoreDirError) return fail(error.message)
     return fail(`--listen: ${error.message}`)
   })
+  // The bound port (URL drops a default 80), now that port 0 became a real one.
+  lan?.start(Number(new URL(url).port || 80))
   // A log line like every other, so stdout stays one JSON object per line; the words after the URL keep
   // it easy to cut out of the message too.
   logger.info({ url, ...(embedded ? { ipfs: embedded.info } : {}) }, `narrace proxy listening on ${url} (put it first in Nix's substituters)`)
@@ -172,6 +186,7 @@ async function main(): Promise<void> {
       // SIGTERM drains (downloads in flight get the grace); SIGINT, a person at the terminal, stops at once.
       if (signal === 'SIGTERM') await proxy.shutdown(args.shutdownGraceMs)
       else await proxy.close()
+      await lan?.close()
       await donation?.close()
       await Promise.all(backends.map((backend) => backend.close?.()))
       if (torrentClient) await new Promise<void>((resolve) => torrentClient.destroy(() => resolve()))

@@ -13,8 +13,8 @@ export const DEFAULT_MAPPINGS_MISS_TTL_MS = 60_000
 const MAX_REMEMBERED_MISSES = 10_000
 
 export interface PeerMappingsOptions {
-  /** Base URLs of other narrace proxies (`http://host:port`). */
-  peers: string[]
+  /** Base URLs of other narrace proxies (`http://host:port`); a function for peers that come and go. */
+  peers: string[] | (() => string[])
   index: NarIndex
   /** @default DEFAULT_MAPPINGS_TIMEOUT_MS */
   timeoutMs?: number
@@ -92,10 +92,11 @@ export class PeerMappings {
 
   private async ask(hash: NarHash): Promise<void> {
     const timeout = AbortSignal.timeout(this.options.timeoutMs ?? DEFAULT_MAPPINGS_TIMEOUT_MS)
-    const answers = await Promise.allSettled(this.options.peers.map((peer) => this.askOne(peer, hash, timeout)))
+    const peers = typeof this.options.peers === 'function' ? this.options.peers() : this.options.peers
+    const answers = await Promise.allSettled(peers.map((peer) => this.askOne(peer, hash, timeout)))
     let learned = false
     for (const [i, answer] of answers.entries()) {
-      const peer = this.options.peers[i]!
+      const peer = peers[i]!
       if (answer.status === 'rejected') {
         this.options.onError?.(peer, answer.reason)
         continue

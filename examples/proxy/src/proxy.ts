@@ -44,6 +44,8 @@ export interface ProxyOptions {
   cacheInfoRetryMs?: number
   /** More backends to race beside the upstreams (IPFS, torrent). The caller keeps ownership and closes them. */
   backends?: NarBackend[]
+  /** Backends that come and go (`--lan` peers), read again for each download. The caller owns them. */
+  dynamicBackends?: () => NarBackend[]
   /** @default { host: '127.0.0.1', port: 0 } */
   listen?: { host: string; port: number }
   /** NARs at or below this many bytes are verified whole before the first byte goes out. @default 8 MiB */
@@ -184,11 +186,14 @@ export function createProxy(options: ProxyOptions): Proxy {
   })
   // A spool folder of its own is removed on close; one the caller gave is the caller's.
   const spoolDir = options.spoolDir ?? spoolDirectory()
+  const dynamicBackends = options.dynamicBackends
   const narRoute = createNarRoute({
     index,
     metrics,
     logger,
-    backends,
+    get backends() {
+      return dynamicBackends ? [...backends, ...dynamicBackends()] : backends
+    },
     upstreamBackends,
     upstreams,
     store: options.store,

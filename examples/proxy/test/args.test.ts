@@ -59,6 +59,7 @@ describe('parseProxyArgs', () => {
       ipfsBootstrap: [],
       discover: true,
       peers: [],
+      lan: false,
     })
   })
 
@@ -164,5 +165,18 @@ describe('parseProxyArgs: the embedded IPFS node, discovery and peers', () => {
     expect(() => parseProxyArgs([...up, '--ipfs', 'embedded', '--ipfs-api', 'http://127.0.0.1:5001'])).toThrow(/not both/)
     expect(() => parseProxyArgs([...up, '--ipfs-bootstrap', 'amino'])).toThrow(/need --ipfs embedded/)
     expect(() => parseProxyArgs([...up, '--peer', 'ftp://x'])).toThrow(/--peer/)
+  })
+})
+
+describe('parseProxyArgs: --lan', () => {
+  const up = ['--upstream', 'http://127.0.0.1:1']
+  it('is off by default, and on with an address the LAN reaches', () => {
+    expect(parseProxyArgs(up).lan).toBe(false)
+    expect(parseProxyArgs([...up, '--lan', '--listen', '0.0.0.0:8080']).lan).toBe(true)
+    expect(parseProxyArgs([...up, '--lan', '--listen', '192.168.1.5:0']).lan).toBe(true)
+  })
+  it('refuses a loopback --listen, which no peer could reach', () => {
+    expect(() => parseProxyArgs([...up, '--lan'])).toThrow(/--lan needs --listen on an address the LAN reaches/)
+    expect(() => parseProxyArgs([...up, '--lan', '--listen', '127.0.0.1:8080'])).toThrow(ProxyUsageError)
   })
 })
