@@ -42,8 +42,21 @@ describe.skipIf(!built)('the demo', () => {
     for (const path of fixtures.paths) expect(stdout).toMatch(new RegExp(`^${path.name} .* store .* yes$`, 'm'))
     expect(stdout).toMatch(new RegExp(`^donated +${total} NARs`, 'm'))
     for (const path of fixtures.paths) expect(stdout).toMatch(new RegExp(`^${path.name} .* yes$`, 'm'))
+    // Proxy B knows only the narinfo (the NAR files gone) and the first proxy's IPFS node as its DHT
+    // bootstrap: every NAR comes from IPFS, found by FileHash; those over 1 MiB through a mapping from the DHT.
+    expect(stdout).toContain('\nthird pass:')
+    const third = stdout.slice(stdout.indexOf('\nthird pass:'))
+    expect(third).toMatch(/^NAR +size +winner +found by +first byte +MB\/s +verified$/m)
+    for (const path of fixtures.paths) {
+      const foundBy = path.fileSize > 1024 * 1024 ? 'dht' : 'raw CID'
+      expect(third).toMatch(new RegExp(`^${path.name} +\\S+ (KiB|MiB) +ipfs +${foundBy} .* yes$`, 'm'))
+    }
+    const large = fixtures.paths.filter((p) => p.fileSize > 1024 * 1024).length + (nixOnPath ? 1 : 0)
+    expect(large).toBeGreaterThan(0)
+    expect(third).toContain(`${total} of ${total} NARs served by proxy B from IPFS, verified: ${large} over 1 MiB by a mapping found in the DHT`)
     if (nixOnPath) {
       expect(stdout).toMatch(/^fresh-2m .* yes$/m)
+      expect(third).toMatch(/^fresh-2m +\S+ MiB +ipfs +dht .* yes$/m)
       expect(stdout).toMatch(new RegExp(`^nix copy --from http://127\\.0\\.0\\.1:\\d+: ${total} store paths`, 'm'))
     } else {
       expect(stdout).toContain('skipped nix copy')

@@ -3,7 +3,9 @@
  * `pnpm demo`: a slow binary cache, a dead one, IPFS and a torrent swarm, all on 127.0.0.1, behind the
  * narrace proxy. Every NAR of the committed fixture cache (made by Nix, see test/fixtures), and when `nix`
  * is on PATH one more that Nix makes on the spot, is fetched through the proxy and verified; then
- * `nix copy` runs through it too.
+ * `nix copy` runs through it too. The proxy donates what it kept to IPFS and announces it in the DHT; a
+ * second proxy, which knows only the first one's IPFS node and the slow cache's narinfo (its NAR files
+ * gone), then finds every NAR on IPFS by its FileHash.
  */
 import { execFile, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
@@ -16,10 +18,11 @@ import { performance } from 'node:perf_hooks'
 import { Writable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { openIndex } from '@narrace/index'
-import { createProxy, DEFAULT_VERIFY_FIRST_BELOW, Donation, ProxyStore } from '@narrace/proxy-example'
+import { DEFAULT_IPFS_LISTEN, DEFAULT_RAW_BLOCK_MAX_BYTES } from '@narrace/ipfs'
+import { createProxy, DEFAULT_VERIFY_FIRST_BELOW, Donation, ProxyStore, startEmbeddedIpfs } from '@narrace/proxy-example'
 import { openStore } from '@narrace/store'
 import { createClient } from '@narrace/torrent'
-import { pino } from 'pino'
+import { pino, type Logger } from 'pino'
 import { freshCache, nixEnv, type CachedPath, type FreshCache } from './fresh.js'
 import { startIpfs, startTorrent } from './swarm.js'
 import { deadUpstream, startUpstream } from './upstream.js'
@@ -46,6 +49,8 @@ interface Row {
   name: string
   size: number
   winner: string
+  /** How the NAR was found on IPFS, for the proxy that knows only the DHT. */
+  foundBy?: string
   firstByteMs: number
   totalMs: number
   verified: boolean
@@ -74,20 +79,42 @@ function fetchTimed(url: string, agent: Agent, signal: AbortSignal): Promise<{ s
   })
 }
 
+/** A proxy's logger, read back for the table: which source won each NAR, and what was donated. */
+function proxyLog(): { logger: Logger; winners: Map<string, string>; donated: Set<string> } {
+  const winners = new Map<string, string>()
+  const donated = new Set<string>()
+  const logs = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const text of chunk.toString().split('\n')) {
+        if (!text) continue
+        const line = JSON.parse(text) as { msg?: string; nar?: string; winner?: string }
+        if (line.msg === 'nar' && line.nar && line.winner) winners.set(line.nar, line.winner)
+        if (line.msg === 'donated' && line.nar) donated.add(line.nar)
+      }
+      done()
+    },
+  })
+  return { logger: pino(logs), winners, donated }
+}
+
 function table(rows: Row[], label: (backend: string) => string): string {
-  const header = ['NAR', 'size', 'winner', 'first byte', 'MB/s', 'verified']
+  // The "found by" column only where some row has one.
+  const foundBy = rows.some((r) => r.foundBy !== undefined)
+  const header = ['NAR', 'size', 'winner', ...(foundBy ? ['found by'] : []), 'first byte', 'MB/s', 'verified']
   const body = rows.map((r) => [
     r.name,
     r.size >= 1024 * 1024 ? `${(r.size / 1024 / 1024).toFixed(1)} MiB` : `${(r.size / 1024).toFixed(1)} KiB`,
     label(r.winner),
+    ...(foundBy ? [r.foundBy ?? '-'] : []),
     `${r.firstByteMs.toFixed(0)} ms`,
     // A rate over a few KiB says more about latency than throughput.
     r.size >= 100 * 1024 ? (r.size / 1e6 / (r.totalMs / 1000)).toFixed(1) : '-',
     r.verified ? 'yes' : 'NO',
   ])
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)))
+  const left = new Set([0, 2, ...(foundBy ? [3] : [])])
   const line = (cells: string[]): string =>
-    cells.map((c, i) => (i === 0 || i === 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')
+    cells.map((c, i) => (left.has(i) ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n')
 }
 
@@ -117,6 +144,33 @@ async function nixCopy(proxyUrl: string, paths: string[], publicKeys: string[], 
   }
 }
 
+/**
+ * Proxy B: it knows the narinfo of the slow cache, whose NAR files are gone, and one DHT bootstrap peer
+ * (the first proxy's IPFS node, as its first log line names it). No index entries, no store, no torrent:
+ * each NAR must be found on IPFS by FileHash. `foundBy` says how, from B's index afterwards.
+ */
+async function dhtOnlyProxy(
+  roots: string[],
+  publicKeys: string[],
+  bootstrap: string,
+  signal: AbortSignal,
+  cleanups: (() => Promise<unknown> | void)[],
+): Promise<{ url: string; upstream: string; winners: Map<string, string>; foundBy: (path: CachedPath) => string }> {
+  const upstream = await startUpstream(roots, { ...SLOW, narFiles: false })
+  cleanups.push(() => upstream.close())
+  const index = openIndex()
+  cleanups.push(() => index.close())
+  const node = await startEmbeddedIpfs({ listen: [...DEFAULT_IPFS_LISTEN], bootstrap: [bootstrap], discover: true, index, signal })
+  cleanups.push(() => node.close())
+  const { logger, winners } = proxyLog()
+  const proxy = createProxy({ upstreams: [upstream.url], trustedPublicKeys: publicKeys, index, backends: [node.backend], logger })
+  cleanups.push(() => proxy.close())
+  await proxy.listen()
+  const foundBy = (path: CachedPath): string =>
+    index.get(path.fileHashHex)?.source === 'dht' ? 'dht' : path.fileSize <= DEFAULT_RAW_BLOCK_MAX_BYTES ? 'raw CID' : '-'
+  return { url: proxy.url, upstream: upstream.url, winners, foundBy }
+}
+
 async function demo(signal: AbortSignal): Promise<boolean> {
   const cleanups: (() => Promise<unknown> | void)[] = []
   try {
@@ -139,38 +193,30 @@ async function demo(signal: AbortSignal): Promise<boolean> {
     signal.throwIfAborted()
     const index = openIndex()
     cleanups.push(() => index.close())
-    const slow = await startUpstream([...new Set(paths.map((p) => p.cacheDir))], SLOW)
+    const roots = [...new Set(paths.map((p) => p.cacheDir))]
+    const slow = await startUpstream(roots, SLOW)
     cleanups.push(() => slow.close())
     const dead = await deadUpstream()
     say(`slow cache  ${slow.url}  (first byte after ${SLOW.firstByteDelayMs} ms, ${SLOW.bytesPerSecond / 1024 / 1024} MiB/s)`)
     say(`dead cache  ${dead}  (connection refused)`)
     signal.throwIfAborted()
 
-    const ipfs = await startIpfs(paths.filter(ON_IPFS).map((p) => join(p.cacheDir, p.url)), index)
+    const ipfs = await startIpfs(paths.filter(ON_IPFS).map((p) => join(p.cacheDir, p.url)), index, signal)
     cleanups.push(() => ipfs.close())
-    say(`IPFS        two Helia nodes on loopback TCP, ${paths.filter(ON_IPFS).length} NARs published`)
+    // The proxy's own node, as `--ipfs embedded --ipfs-bootstrap <that node>` starts it: a DHT server that
+    // also looks NARs up by FileHash in the DHT.
+    const embedded = await startEmbeddedIpfs({ listen: [...DEFAULT_IPFS_LISTEN], bootstrap: [ipfs.bootstrap], discover: true, index, signal })
+    cleanups.push(() => embedded.close())
+    say(`IPFS        a Helia DHT server on loopback TCP with ${paths.filter(ON_IPFS).length} NARs; the proxy's own node joins through it`)
     signal.throwIfAborted()
     const torrent = await startTorrent(paths.filter(ON_TORRENT).map((p) => join(p.cacheDir, p.url)), index)
     cleanups.push(() => torrent.close())
     say(`torrent     a tracker and a seeder on 127.0.0.1, ${paths.filter(ON_TORRENT).length} NARs seeded`)
     signal.throwIfAborted()
 
-    const winners = new Map<string, string>()
-    const donated = new Set<string>()
-    const logs = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        for (const text of chunk.toString().split('\n')) {
-          if (!text) continue
-          const line = JSON.parse(text) as { msg?: string; nar?: string; winner?: string }
-          if (line.msg === 'nar' && line.nar && line.winner) winners.set(line.nar, line.winner)
-          if (line.msg === 'donated' && line.nar) donated.add(line.nar)
-        }
-        done()
-      },
-    })
-    const logger = pino(logs)
+    const { logger, winners, donated } = proxyLog()
     // --store --donate --ipfs embedded: the proxy keeps what it serves, and gives it back to IPFS (through
-    // its own Helia node) and to the torrent swarm.
+    // its own Helia node, announced in the DHT by FileHash) and to the torrent swarm.
     const storeDir = await mkdtemp(join(tmpdir(), 'narrace-demo-store-'))
     cleanups.push(() => rm(storeDir, { recursive: true, force: true }))
     const store = await openStore(storeDir, { maxBytes: STORE_MAX_BYTES })
@@ -182,7 +228,7 @@ async function demo(signal: AbortSignal): Promise<boolean> {
       store,
       index,
       logger,
-      ipfs: { helia: ipfs.helia },
+      ipfs: { helia: embedded.node, announce: embedded.announce, withdraw: embedded.withdraw },
       torrent: { client: seeder, announce: torrent.announce },
     })
     cleanups.push(() => donation.close())
@@ -190,31 +236,40 @@ async function demo(signal: AbortSignal): Promise<boolean> {
       upstreams: [dead, slow.url],
       trustedPublicKeys: publicKeys,
       index,
-      backends: [ipfs.backend, torrent.backend],
+      backends: [embedded.backend, torrent.backend],
       logger,
       store: new ProxyStore(store, { logger }),
     })
     cleanups.push(() => proxy.close())
     await proxy.listen()
-    say(`proxy       ${proxy.url}  (upstreams: the dead cache, then the slow one)\n`)
+    say(`proxy       ${proxy.url}  (upstreams: the dead cache, then the slow one; IPFS node ${embedded.info.addrs[0]})\n`)
 
     const agent = new Agent({ keepAlive: true })
     cleanups.push(() => agent.destroy())
     say(`fetching ${paths.length} NARs through the proxy, each after its narinfo, as Nix does:\n`)
-    const pass = async (): Promise<Row[]> => {
+    /** Fetches every NAR through the proxy at `url`, after its narinfo; `wonBy` is that proxy's log. */
+    const pass = async (url: string, wonBy: Map<string, string>, foundBy?: (path: CachedPath) => string): Promise<Row[]> => {
       const rows: Row[] = []
       for (const path of paths) {
-        const narinfo = await fetchTimed(`${proxy.url}/${path.hashPart}.narinfo`, agent, signal)
+        const narinfo = await fetchTimed(`${url}/${path.hashPart}.narinfo`, agent, signal)
         if (narinfo.status !== 200) throw new Error(`the proxy answered ${narinfo.status} for ${path.hashPart}.narinfo`)
-        const nar = await fetchTimed(`${proxy.url}/${path.url}`, agent, signal)
+        const nar = await fetchTimed(`${url}/${path.url}`, agent, signal)
         const verified =
           nar.status === 200 && nar.complete && createHash('sha256').update(nar.body).digest('hex') === path.fileHashHex
         const nix32 = path.url.slice('nar/'.length, -'.nar.xz'.length)
-        rows.push({ name: path.name, size: path.fileSize, winner: winners.get(nix32) ?? '?', firstByteMs: nar.firstByteMs, totalMs: nar.totalMs, verified })
+        rows.push({
+          name: path.name,
+          size: path.fileSize,
+          winner: wonBy.get(nix32) ?? '?',
+          ...(foundBy ? { foundBy: foundBy(path) } : {}),
+          firstByteMs: nar.firstByteMs,
+          totalMs: nar.totalMs,
+          verified,
+        })
       }
       return rows
     }
-    const rows = await pass()
+    const rows = await pass(proxy.url, winners)
     const label = (backend: string): string =>
       backend === slow.url ? 'slow cache' : backend === dead ? 'dead cache' : backend
     say(table(rows, label))
@@ -225,17 +280,37 @@ async function demo(signal: AbortSignal): Promise<boolean> {
     say(`\n${verified} of ${rows.length} NARs verified against their FileHash; wins: ${[...wins].map(([k, n]) => `${k} ${n}`).join(', ')}`)
 
     say(`\nsecond pass: the same NARs again, now kept in the proxy's store (${storeDir}):\n`)
-    const again = await pass()
+    const again = await pass(proxy.url, winners)
     say(table(again, label))
     const fromStore = again.filter((r) => r.winner === 'store' && r.verified).length
     say(`\n${fromStore} of ${again.length} NARs served from the store, verified; the upstreams were not asked for them`)
     await donation.settled()
-    say(`donated     ${donated.size} NARs the store took in: added to IPFS through the proxy's Helia node, seeded as torrents`)
+    say(`donated     ${donated.size} NARs the store took in: added to IPFS through the proxy's Helia node and announced in the DHT by FileHash, seeded as torrents`)
+
+    const b = await dhtOnlyProxy(roots, publicKeys, embedded.info.addrs[0]!, signal, cleanups)
+    say(`\nproxy B     ${b.url}  (an empty index, no store; its only upstream is the slow cache with its NAR files gone, ${b.upstream};`)
+    say(`            its only IPFS peer the first proxy's node, named as its DHT bootstrap)\n`)
+    say(`third pass: the same NARs through proxy B, each found on IPFS by its FileHash alone:\n`)
+    const third = await pass(b.url, b.winners, b.foundBy)
+    say(table(third, label))
+    const fromIpfs = third.filter((r) => r.winner === 'ipfs' && r.verified)
+    const byDht = fromIpfs.filter((r) => r.foundBy === 'dht').length
+    const needDht = third.filter((r) => r.size > DEFAULT_RAW_BLOCK_MAX_BYTES).length
+    say(
+      `\n${fromIpfs.length} of ${third.length} NARs served by proxy B from IPFS, verified: ${byDht} over 1 MiB by a mapping found in the DHT ` +
+        `(source dht), ${fromIpfs.length - byDht} by the raw CID of their FileHash (one block each)`,
+    )
 
     const nix = await nixCopy(proxy.url, paths.map((p) => p.storePath), publicKeys, signal)
     say(nix)
     say(`done in ${((performance.now() - started) / 1000).toFixed(1)} s`)
-    return verified === rows.length && fromStore === again.length && !nix.includes('FAILED')
+    return (
+      verified === rows.length &&
+      fromStore === again.length &&
+      fromIpfs.length === third.length &&
+      byDht === needDht &&
+      !nix.includes('FAILED')
+    )
   } finally {
     for (const cleanup of cleanups.reverse()) await cleanup()
   }

@@ -1,14 +1,9 @@
 import type { AddressInfo } from 'node:net'
-import { noise } from '@chainsafe/libp2p-noise'
-import { yamux } from '@chainsafe/libp2p-yamux'
-import { identify } from '@libp2p/identify'
-import { tcp } from '@libp2p/tcp'
 import type { NarBackend } from '@narrace/core'
 import type { NarIndex } from '@narrace/index'
-import { ipfsBackend, publishToIpfs } from '@narrace/ipfs'
+import { createIpfsNode, ipfsNodeInfo, publishToIpfs } from '@narrace/ipfs'
 import { createClient, publishToTorrent, torrentBackend } from '@narrace/torrent'
 import { Server as TrackerServer } from 'bittorrent-tracker'
-import { createHelia, type Helia } from 'helia'
 
 /** A p2p network holding published copies, and the backend that reads from it. */
 export interface Swarm {
@@ -16,40 +11,21 @@ export interface Swarm {
   close(): Promise<void>
 }
 
-/** A Helia node on loopback TCP only: no discovery, no delegated routing, no public gateways. */
-async function loopbackHelia(): Promise<Helia> {
-  const node = await createHelia({
-    libp2p: {
-      addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-      transports: [tcp()],
-      connectionEncrypters: [noise()],
-      streamMuxers: [yamux()],
-      peerDiscovery: [],
-      services: { identify: identify() },
-    },
-    http: { delegatedRouters: [], recursiveGateways: [] },
-  })
-  await node.start()
-  return node
-}
-
-/** Helia's public type hides the libp2p node it runs on; the demo dials it directly. */
-function libp2p(node: Helia): { dial(address: unknown): Promise<unknown>; getMultiaddrs(): unknown[] } {
-  return (node as unknown as { libp2p: ReturnType<typeof libp2p> }).libp2p
-}
-
-/** Two Helia nodes: one publishes `files`, the other backs the proxy's IPFS backend. */
-export async function startIpfs(files: string[], index: NarIndex): Promise<Swarm & { helia: Helia }> {
-  const provider = await loopbackHelia()
-  const fetcher = await loopbackHelia()
-  await libp2p(fetcher).dial(libp2p(provider).getMultiaddrs()[0]!)
-  for (const file of files) await publishToIpfs(file, { helia: provider, index })
+/**
+ * One IPFS node on loopback TCP, a DHT server, holding `files`: the IPFS network a proxy joins by naming
+ * `bootstrap`, as `--ipfs-bootstrap` does. No public bootstrap, no mDNS, no gateways.
+ */
+export async function startIpfs(files: string[], index: NarIndex, signal: AbortSignal): Promise<{ bootstrap: string; close(): Promise<void> }> {
+  const provider = await createIpfsNode({ signal })
+  try {
+    for (const file of files) await publishToIpfs(file, { helia: provider, index, signal })
+  } catch (error) {
+    await provider.stop()
+    throw error
+  }
   return {
-    backend: ipfsBackend({ helia: fetcher, index }),
-    // The proxy's own node: what the proxy donates goes here, as with `--ipfs embedded`.
-    helia: fetcher,
+    bootstrap: ipfsNodeInfo(provider).addrs[0]!,
     close: async () => {
-      await fetcher.stop()
       await provider.stop()
     },
   }

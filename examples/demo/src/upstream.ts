@@ -15,10 +15,13 @@ export interface Upstream {
 /** Only the files a binary cache has; nothing else is looked up on disk. */
 const CACHE_FILE = /^\/(nix-cache-info|[0-9a-z]{32}\.narinfo|nar\/[0-9a-z]{52}\.nar(?:\.xz)?)$/
 
-/** Serves the files of `roots`, looked up in that order, as one cache. */
+/**
+ * Serves the files of `roots`, looked up in that order, as one cache. With `narFiles: false` it is the
+ * same cache after its NAR files are gone: narinfo only, 404 for every `nar/` file.
+ */
 export async function startUpstream(
   roots: string[],
-  options: { firstByteDelayMs: number; bytesPerSecond: number },
+  options: { firstByteDelayMs: number; bytesPerSecond: number; narFiles?: boolean },
 ): Promise<Upstream> {
   const tick = 50
   const piece = Math.max(1, Math.floor((options.bytesPerSecond * tick) / 1000))
@@ -28,7 +31,8 @@ export async function startUpstream(
       res.once('close', () => gone.abort())
       const match = CACHE_FILE.exec(req.url ?? '')
       let file: { path: string; size: number } | undefined
-      for (const root of match ? roots : []) {
+      const narGone = options.narFiles === false && match?.[1]!.startsWith('nar/') === true
+      for (const root of match && !narGone ? roots : []) {
         const path = join(root, match![1]!)
         const info = await stat(path).catch(() => undefined)
         if (info?.isFile()) {

@@ -14,3 +14,4 @@ export { DEFAULT_DONATION_CONCURRENCY, Donation, type DonationOptions, type Heli
 export { MAPPINGS_PATH, MAX_MAPPINGS_PER_ANSWER } from './mappings-route.js'
 export { DEFAULT_MAPPINGS_MISS_TTL_MS, DEFAULT_MAPPINGS_TIMEOUT_MS, MAX_MAPPING_ANSWER_BYTES, PeerMappings, type PeerMappingsOptions } from './peer-mappings.js'
 export { DEFAULT_PENDING_NARINFO_BYTES, ProxyStore } from './store-wiring.js'
+export { startEmbeddedIpfs, type EmbeddedIpfs, type EmbeddedIpfsOptions } from './embedded-ipfs.js'
