@@ -75,6 +75,12 @@ export interface TorrentModule {
 /** Loaders for the p2p packages and the mapping index. */
 export const loadIndex = (): Promise<Loaded<IndexModule>> => load('@narrace/index', ['openIndex'])
 export const loadIpfs = (): Promise<Loaded<IpfsModule>> => load('@narrace/ipfs', ['ipfsBackend', 'publishToIpfs'])
+/** `@narrace/ipfs`'s embedded node, announcing and discovery by FileHash: what the dht scenario calls. */
+export type DhtModule = Pick<typeof import('@narrace/ipfs'), 'announceNar' | 'createIpfsNode' | 'ipfsBackend' | 'narCid' | 'publishToIpfs'>
+/** A Helia node with a DHT, as `createIpfsNode` makes one. */
+export type DhtNode = import('@narrace/ipfs').EmbeddedIpfsNode
+export const loadDht = (): Promise<Loaded<DhtModule>> =>
+  load('@narrace/ipfs', ['announceNar', 'createIpfsNode', 'ipfsBackend', 'narCid', 'publishToIpfs'])
 export const loadTorrent = (): Promise<Loaded<TorrentModule>> =>
   load('@narrace/torrent', ['createClient', 'torrentBackend', 'publishToTorrent'])
 

@@ -122,7 +122,7 @@ async function throughputChart(results: ScenarioResult[]): Promise<string | unde
 }
 
 /** The order sections appear in; unknown scenarios follow. */
-const ORDER = ['race', 'backends', 'failover', 'stripe', 'overhead', 'core-overhead', 'http', 'concurrency', 'ipfs', 'torrent', 'nix', 'store', 'proxy-load']
+const ORDER = ['race', 'backends', 'failover', 'stripe', 'overhead', 'core-overhead', 'http', 'concurrency', 'ipfs', 'dht', 'torrent', 'nix', 'store', 'proxy-load']
 
 /** Builds bench/README.md and its charts from the results files. */
 export async function buildReport(results: ScenarioResult[], floors: Record<string, Floor>): Promise<Report> {

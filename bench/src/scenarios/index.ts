@@ -2,6 +2,7 @@ import type { Scenario } from '../scenario.js'
 import { backends } from './backends.js'
 import { concurrency } from './concurrency.js'
 import { coreOverhead } from './core-overhead.js'
+import { dht } from './dht.js'
 import { failover } from './failover.js'
 import { http } from './http.js'
 import { ipfs } from './ipfs.js'
@@ -14,4 +15,4 @@ import { stripe } from './stripe.js'
 import { torrent } from './torrent.js'
 
 /** Every scenario, in the order `pnpm bench` runs them. */
-export const SCENARIOS: Scenario[] = [coreOverhead, http, overhead, backends, race, failover, stripe, concurrency, ipfs, torrent, nix, store, proxyLoad]
+export const SCENARIOS: Scenario[] = [coreOverhead, http, overhead, backends, race, failover, stripe, concurrency, ipfs, dht, torrent, nix, store, proxyLoad]
