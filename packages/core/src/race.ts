@@ -20,8 +20,8 @@ export interface RaceHost {
   readonly hedge: Record<string, number> | undefined
   emit(type: NarEventType, backend: string, error?: unknown): void
   strike(entry: Entry, error: unknown): void
-  /** A connection to `entry` from `offset`, not yet connected. */
-  source(entry: Entry, offset: number): SourceStream
+  /** A connection to `entry` from `offset` (to `end`, when given), not yet connected. */
+  source(entry: Entry, offset: number, end?: number): SourceStream
 }
 
 /** Waits `ms`, or less once `wake` fires; rejects when `signal` aborts. */
@@ -41,18 +41,24 @@ function sleep(ms: number, signal: AbortSignal, wake: AbortSignal): Promise<void
 }
 
 /**
- * Starts `candidates` at `offset` (after their hedge delays, when `hedged`); resolves with the first to
- * yield a byte and aborts the rest. When every one fails: the verification error if that is all there
+ * Starts `candidates` at `offset`, up to `end` when given (after their hedge delays, when `hedged`);
+ * resolves with the first to yield a byte and aborts the rest. When every one fails: the verification error if that is all there
  * was, NarNotFoundError when every one said "not here", else NarUnavailableError with every error.
  */
-export async function race(host: RaceHost, candidates: Entry[], offset: number, hedged: boolean): Promise<SourceStream> {
+export async function race(
+  host: RaceHost,
+  candidates: Entry[],
+  offset: number,
+  hedged: boolean,
+  end?: number,
+): Promise<SourceStream> {
   const failures = new Map<Entry, unknown>()
   let settled = false
   let running = 0
   // Once every started attempt has failed, hedged ones stop waiting.
   const wake = new AbortController()
   const attempts = candidates.map((entry) => {
-    const source = host.source(entry, offset)
+    const source = host.source(entry, offset, end)
     let started = false
     const run = async (): Promise<SourceStream> => {
       const delay = hedged ? (host.hedge?.[entry.name] ?? 0) : 0

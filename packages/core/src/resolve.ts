@@ -20,6 +20,13 @@ export const DEFAULT_CONNECTIONS_PER_SOURCE = 2
 /** @default 32 MiB: the reorder buffer of a striped download. */
 export const DEFAULT_MAX_BUFFER_BYTES = 32 << 20
 
+/**
+ * A file that will be striped opens with a race for its first segment only, not the whole file: the
+ * losers' requests, cut at the win, have put at most this much on their links, and the winner's next
+ * request is on its way before this much has arrived.
+ */
+const OPENING_SPAN_BYTES = 4 << 20
+
 /** A backend fails over at most this many times before it is left out of the race. */
 const MAX_STRIKES = 2
 
@@ -145,9 +152,18 @@ class Download implements RaceHost, StripeHost, SourceContext {
     this.activeEntry = undefined
   }
 
+  /** Where the opening race stops: only when the narinfo's FileSize says the file will be striped. */
+  private openingSpan(): number | undefined {
+    const above = this.options.stripeAbove ?? DEFAULT_STRIPE_ABOVE
+    if (this.fileSize === undefined || this.fileSize < above || this.live().length < 2) return undefined
+    // Never more than a segment of the stripe would be, nor than the reorder buffer holds.
+    const buffer = this.options.maxBufferBytes ?? DEFAULT_MAX_BUFFER_BYTES
+    return Math.max(1, Math.min(OPENING_SPAN_BYTES, Math.floor(buffer / 2), Math.floor(this.fileSize / 8)))
+  }
+
   /** Runs the first race and makes its winner the active source. */
   async start(): Promise<void> {
-    const winner = await race(this, this.entries, 0, true)
+    const winner = await race(this, this.entries, 0, true, this.openingSpan())
     this.activate(winner)
     this.winner = winner.name
     // A copy from several sources keeps a digest per sender, to blame a liar.
@@ -214,6 +230,11 @@ class Download implements RaceHost, StripeHost, SourceContext {
         continue
       }
       if (chunk === undefined) {
+        if (active.limit !== undefined && this.bytesRead >= active.limit && (this.size === undefined || this.bytesRead < this.size)) {
+          // The opening span is done and no stripe took over (the others failed): the winner goes on.
+          await this.proceed(active, entry)
+          continue
+        }
         if (this.size !== undefined && this.bytesRead < this.size) {
           const cause = new NarSizeMismatchError(`${entry.name} ended at byte ${this.bytesRead} of ${this.size} of ${this.hash}`, {
             expected: this.size,
@@ -229,6 +250,21 @@ class Download implements RaceHost, StripeHost, SourceContext {
       }
       return this.deliver(chunk, entry.name)
     }
+  }
+
+  /** Asks `entry` for the rest of the file after its ranged stream `done` ended where it was asked to. */
+  private async proceed(done: SourceStream, entry: Entry): Promise<void> {
+    done.close()
+    this.active = undefined
+    this.activeEntry = undefined
+    try {
+      this.activate(await race(this, [entry], this.bytesRead, false))
+    } catch (error) {
+      if (this.signal?.aborted) throw this.signal.reason
+      await this.failover(wrap(error, entry.name, this.bytesRead), entry)
+      return
+    }
+    this.startStripe()
   }
 
   private dropActive(cause: unknown): void {

@@ -151,6 +151,21 @@ export class SourceStream {
     }
   }
 
+  /**
+   * At the end it asked for: reads the body's own end when it is already there, so that the request
+   * ends as finished, not aborted, and an HTTP connection goes back to its pool for the next one. Never
+   * waits on a backend that has not ended; never throws.
+   */
+  async settle(): Promise<void> {
+    if (this.closed || this.limit === undefined || this.position < this.limit || this.held || !this.iterator) return
+    const iterator = this.iterator
+    try {
+      await Promise.race([iterator.next(), new Promise((resolve) => setImmediate(resolve))])
+    } catch {
+      // Its failure after the last byte it owed changes nothing.
+    }
+  }
+
   /** Stops watching, and unless `reason` is undefined, aborts the backend. Safe to call more than once. */
   close(reason?: unknown): void {
     if (this.closed) return

@@ -121,7 +121,14 @@ export class Stripe {
     const { size, position, maxBufferBytes, connectionsPerSource } = options
     this.position = position
     const connections = Math.max(1, host.live().length * connectionsPerSource)
-    for (let start = position; start < size; ) {
+    // A winner that was asked for a span only ends its first segment there.
+    const span = winner.source.limit
+    let start = position
+    if (span !== undefined && span > position && span < size) {
+      this.segments.push({ start, end: span, received: start, chunks: [], runners: new Set() })
+      start = span
+    }
+    while (start < size) {
       const share = Math.ceil((size - start) / (connections * SHARE_PER_CONNECTION))
       const bytes = Math.max(1, Math.min(Math.max(MIN_SEGMENT_BYTES, share), MAX_SEGMENT_BYTES, Math.floor(maxBufferBytes / 2)))
       const end = Math.min(size, start + bytes)
@@ -247,10 +254,9 @@ export class Stripe {
       return at !== undefined && this.segments.some((s) => s.received === at && open(s)) ? undefined : 'retire'
     }
     const reserved = this.reserved(runner)
-    const free = this.segments.slice(this.front).filter((s) => open(s) && !reserved.has(s) && fits(s))
-    // A source that has shown no rate yet, or a slow one, starts at the far end of the buffer: the
-    // others reach its segment last, and hedge it if it is not done by then.
-    const first = this.proven(runner.entry) ? free[0] : free.at(-1)
+    // The lowest: on a link shared by several connections, what is asked first arrives first. A source
+    // that turns out slow or silent there is hedged (hedgeTarget) long before the front reaches it.
+    const first = this.segments.slice(this.front).find((s) => open(s) && !reserved.has(s) && fits(s))
     // Nothing to start when the buffer is full behind a slow segment, or when every segment is taken.
     return this.hedgeTarget(runner, first === undefined) ?? first
   }
@@ -287,8 +293,8 @@ export class Stripe {
       const cost = Math.max(MIN_RATE_SAMPLE_MS, this.latency.get(runner.entry) ?? 0)
       const mineMs = cost + (mine ? left / mine : 0)
       if (owner.firstByteAt === 0) {
-        // No byte yet: slow only once it waited much longer than any request so far.
-        if (now - owner.since > HEDGE_FACTOR * mineMs) return s
+        // No byte yet: slow once it waited HEDGE_FACTOR times longer than this source's slowest first byte.
+        if (now - owner.since > HEDGE_FACTOR * cost) return s
         continue
       }
       const streamed = now - owner.firstByteAt
@@ -306,17 +312,6 @@ export class Stripe {
     const now = performance.now()
     const rate = (r: Runner): number => r.segmentBytes / Math.max(1, now - r.since)
     return loser.since < winner.since && rate(loser) * HEDGE_FACTOR < rate(winner)
-  }
-
-  /** Whether `entry` has shown a rate, and not HEDGE_FACTOR times below the best source's. */
-  private proven(entry: Entry): boolean {
-    const mine = this.entryRate(entry)
-    if (mine === undefined) return false
-    for (const r of this.runners) {
-      const rate = this.rateOf(r)
-      if (r.entry !== entry && rate !== undefined && mine * HEDGE_FACTOR < rate) return false
-    }
-    return true
   }
 
   /** Bytes per ms over the segments it finished or left, once it has any. */
@@ -383,6 +378,8 @@ export class Stripe {
         throw new LostRaceError(`${runner.entry.name} lost segment ${segment.start} to a hedge`)
       }
     }
+    // A request that ended where it was asked to: its connection is free once its end is read.
+    if (source.limit !== undefined && at >= source.limit) await source.settle()
     for (const other of segment.runners) {
       if (other === runner) continue
       // The other one lost: its connection stops. The runner that was there first was the slow one.

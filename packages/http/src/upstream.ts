@@ -1,6 +1,7 @@
 import { NarBackendError } from '@narrace/core'
-import { Agent, interceptors, request, type Dispatcher } from 'undici'
+import { interceptors, request, type Dispatcher } from 'undici'
 import { guardedConnect, type LookupFunction } from './addresses.js'
+import { OriginPools } from './pools.js'
 import { isConnectionFailure, upstreamHealth, type UpstreamHealth } from './health.js'
 import { credentialsFor, type Netrc } from './netrc.js'
 import { cacheBase, requestError } from './url.js'
@@ -139,7 +140,7 @@ export class HttpUpstream {
   readonly name: string
   readonly health: UpstreamHealth
   readonly dispatcher: Dispatcher
-  readonly #agent: Agent | undefined
+  readonly #agent: OriginPools | undefined
   readonly #allowed: ReadonlySet<string>
   readonly #credentials: [string, string][]
   readonly #dropped: ReadonlySet<string>
@@ -170,7 +171,7 @@ export class HttpUpstream {
     const connections = checkConnections(options.connections ?? DEFAULT_CONNECTIONS)
     this.#agent = options.dispatcher
       ? undefined
-      : new Agent({ connections, connect: guardedConnect({ cacheHost: base.hostname, name, timeout, lookup: options.lookup }) })
+      : new OriginPools({ connections, connect: guardedConnect({ cacheHost: base.hostname, name, timeout, lookup: options.lookup }) })
     const hops = new WeakSet<object>()
     const guard: Dispatcher.DispatcherComposeInterceptor = (dispatch) => (opts, handler) => {
       const redirect = hops.has(handler)
