@@ -161,6 +161,8 @@ export async function startShaper(options: ShaperOptions): Promise<Shaper> {
   let bytesDown = 0
   let connections = 0
   let cutAll = false
+  /** bytesDown when the faults were last set: cutAllAfterBytes counts from there, not from the start. */
+  let cutFrom = 0
   const sockets = new Set<Socket>()
   const lanes = new Set<Lane>()
   // One link per shaper: parallel connections share its bandwidth, as they would share a real line.
@@ -188,10 +190,10 @@ export async function startShaper(options: ShaperOptions): Promise<Shaper> {
       let down = 0
       const allowDown = (length: number): number => {
         const limit = Math.min(current.stallAfterBytes ?? Infinity, current.cutAfterBytes ?? Infinity)
-        const left = current.cutAllAfterBytes === undefined || cutAll ? Infinity : current.cutAllAfterBytes - bytesDown
+        const left = current.cutAllAfterBytes === undefined || cutAll ? Infinity : current.cutAllAfterBytes - (bytesDown - cutFrom)
         const allowed = Math.max(0, Math.min(length, limit - down, left))
         down += allowed
-        if (!cutAll && current.cutAllAfterBytes !== undefined && bytesDown + allowed >= current.cutAllAfterBytes) {
+        if (!cutAll && current.cutAllAfterBytes !== undefined && bytesDown - cutFrom + allowed >= current.cutAllAfterBytes) {
           cutAll = true
           const open = [...sockets]
           setImmediate(() => {
@@ -247,6 +249,7 @@ export async function startShaper(options: ShaperOptions): Promise<Shaper> {
     setFaults(next) {
       faults = { ...next }
       cutAll = false
+      cutFrom = bytesDown
     },
     async close() {
       for (const lane of lanes) lane.stop()

@@ -4,8 +4,11 @@ import type { Entry } from './race.js'
 import { LostRaceError, noop, wrap, type SourceStream } from './source.js'
 import type { NarEventType } from './types.js'
 
-/** A segment is never smaller than this, unless the buffer is: each one costs a request, queues included. */
-const MIN_SEGMENT_BYTES = 4 << 20
+/**
+ * A segment is never smaller than this, unless the buffer is: each one costs a request, queues included,
+ * and the last ones, which decide when the file is done, should be small.
+ */
+const MIN_SEGMENT_BYTES = 2 << 20
 /** Nor larger than this, so that a slow source never holds much of the file. */
 const MAX_SEGMENT_BYTES = 8 << 20
 /**
@@ -17,6 +20,8 @@ const SHARE_PER_CONNECTION = 2
 const MAX_FAILURES_PER_CONNECTION = 2
 /** A hedge starts only when the source holding the segment would take this many times as long as the hedge. */
 const HEDGE_FACTOR = 2
+/** A connection that failed waits this long, times its source's failures in a row, before it tries again. */
+const RETRY_BACKOFF_MS = 20
 /** How often idle connections look for a segment to hedge. */
 const HEDGE_CHECK_MS = 50
 /** A source is compared by its rate only after it has streamed this long. */
@@ -103,6 +108,8 @@ export class Stripe {
   /** Wakes read() when the front segment gets bytes, and idle runners when anything changes. */
   private reader: (() => void) | undefined
   private idle: (() => void)[] = []
+  /** Ends the pauses of connections waiting to retry, when the stripe closes. */
+  private readonly pauses = new Set<() => void>()
   private idleTimer: ReturnType<typeof setTimeout> | undefined
   /** The longest wait for the first byte of a segment seen from each source: a request's cost, queues included. */
   private readonly latency = new Map<Entry, number>()
@@ -173,6 +180,7 @@ export class Stripe {
     for (const runner of this.runners) runner.source?.close(reason ?? new LostRaceError('the consumer stopped reading'))
     this.segments.length = 0
     this.buffered = 0
+    for (const done of [...this.pauses]) done()
     this.wakeReader()
     this.notify()
   }
@@ -226,12 +234,15 @@ export class Stripe {
           this.host.strike(runner.entry, error)
           return
         }
-        // A cut connection is retried at once: the segment keeps what arrived, and no byte comes twice.
+        // A cut connection is retried: the segment keeps what arrived, and no byte comes twice. The
+        // retry waits a little longer after each failure in a row, so that one reset of every
+        // connection at once counts once per connection, not until the source is out.
         this.host.emit('fail', runner.entry.name, error)
         if (failures >= MAX_FAILURES_PER_CONNECTION * this.options.connectionsPerSource) {
           runner.entry.dead = true
           return
         }
+        await this.pause(RETRY_BACKOFF_MS * failures)
       }
     }
   }
@@ -419,6 +430,19 @@ export class Stripe {
     runner.ms += performance.now() - runner.since
     runner.segmentBytes = 0
     this.notify()
+  }
+
+  /** Waits `ms`, or less when the stripe closes. */
+  private pause(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer)
+        this.pauses.delete(done)
+        resolve()
+      }
+      const timer = setTimeout(done, ms)
+      this.pauses.add(done)
+    })
   }
 
   private wakeReader(): void {
