@@ -30,8 +30,8 @@ export interface HttpBackend extends NarBackend {
 
 /**
  * A narrace backend that fetches `nar/<nix32>.nar.xz` (or the narinfo URL that `resolveNar` passes on,
- * query string and all, and nothing else) from one binary cache, over one keep-alive undici Agent with
- * at most `connections` connections per origin. A resume at `offset > 0` sends `Range: bytes=offset-`;
+ * query string and all, and nothing else) from one binary cache, over one keep-alive undici Pool per
+ * origin with at most `connections` connections each. A resume at `offset > 0` sends `Range: bytes=offset-`;
  * a server that answers 200 instead restarts at 0, which `resolveNar` skips. With `end`, it asks for
  * `Range: bytes=offset-(end - 1)`, and a 206 says `ranges: true`, so `resolveNar` may stripe over this
  * cache; so does a 200 with `Accept-Ranges: bytes`. Bytes are never decoded: the FileHash is the hash of

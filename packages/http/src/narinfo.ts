@@ -36,7 +36,7 @@ export interface ResolveNarInfoOptions {
   signal?: AbortSignal
   /**
    * The undici dispatcher for every request, redirects included (the origin and credential rules still
-   * apply). @default each cache's own keep-alive Agent, kept across calls
+   * apply). @default each cache's own keep-alive pools, kept across calls
    */
   dispatcher?: Dispatcher
 }

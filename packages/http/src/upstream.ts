@@ -50,7 +50,7 @@ export interface UpstreamOptions {
   /** Fail a connect that takes longer than this. @default 3000 */
   connectTimeoutMs?: number
   /**
-   * An undici dispatcher for every request instead of the upstream's own Agent. The origin, prefix,
+   * An undici dispatcher for every request instead of the upstream's own pools. The origin, prefix,
    * redirect and credential rules still apply; the check of the address at connect time and
    * `connections` are then the dispatcher's business. It is left open by `close()`.
    */
@@ -127,7 +127,7 @@ function userInfo(url: URL, name: string): { login: string; password: string } {
 }
 
 /**
- * One binary cache as narrace reaches it: a keep-alive Agent whose connects refuse private addresses
+ * One binary cache as narrace reaches it: keep-alive pools whose connects refuse private addresses
  * the cache has no business with, undici's redirect interceptor with every hop checked against the
  * cache's origin, path prefix and `allowedOrigins`, credentials added per hop for the cache's origin
  * only, and a circuit breaker.
@@ -255,12 +255,12 @@ export class HttpUpstream {
     return { response, url }
   }
 
-  /** Closes the upstream's own Agent, cancelling what is in flight; a dispatcher passed in stays open. */
+  /** Closes the upstream's own pools, cancelling what is in flight; a dispatcher passed in stays open. */
   async close(): Promise<void> {
     await this.#agent?.destroy()
   }
 
-  /** Closes the upstream's own Agent once the requests in flight are done. */
+  /** Closes the upstream's own pools once the requests in flight are done. */
   closeWhenDone(): void {
     this.#agent?.close().catch(noop)
   }
