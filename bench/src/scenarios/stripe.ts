@@ -293,6 +293,11 @@ export const stripe: Scenario = {
       { id: 'stripe/two-mirrors-vs-aria2c', label: 'narrace / aria2c --split=4 --max-connection-per-server=2, both mirrors (goal ≤ 1)', value: ratio('narrace, two fast-cdn mirrors', aria) },
       { id: 'stripe/unequal-vs-best-alone', label: 'fast-cdn + far-cache / fast-cdn alone (goal ≤ 1.03)', value: ratio('narrace, fast-cdn + far-cache', one) },
       {
+        id: 'stripe/aria2c-vs-one',
+        label: 'aria2c --split=4 --max-connection-per-server=2, both mirrors / narrace, one mirror (for scale: no goal)',
+        value: ratio('aria2c --split=4 --max-connection-per-server=2, both mirrors', one),
+      },
+      {
         id: 'stripe/cut-vs-undisturbed',
         label: 'one mirror cut at 50 % / undisturbed, striped (goal ≤ 1.1)',
         value: ratio('narrace, two fast-cdn mirrors, one cut at 50 %', medians.get('narrace, two fast-cdn mirrors')),
@@ -312,6 +317,7 @@ export const stripe: Scenario = {
         `Load average at the end of the run: ${round(load!)} on ${availableParallelism()} cores. Striping needs CPU for two streams at once; on a busy machine its times suffer first.`,
         `One ${formatSize(SIZE)} NAR from one bench server (its own process) behind shapers in another process: two fast-cdn links (20 ms RTT, 50 MiB/s each) and a far-cache link (250 ms, 2 MiB/s). narrace runs with its defaults (stripeAbove 8 MiB, connectionsPerSource 2, maxBufferBytes 32 MiB) and new backends, so cold connections, each run.`,
         'Variants take turns run by run after one warm-up. Times are from the call to resolveNar to the verified end; aria2c is its own wall time as a process, writing to a tmpfs, with the flags the issue names and no checksum.',
+        'The cut: mirror b resets every connection open once it has forwarded a quarter of the file in that run (about half of its share), counted from when the fault is set for the run; later connections go through.',
         'Bytes fetched twice come from every chunk each backend yielded: a hedge duplicates by design (a request started over a range another live request still covered, and what that request sent after it); the opening race can let a loser send a chunk before its abort. Anything else must be 0.',
         'The mixed row: one fast-cdn HTTP mirror, a webtorrent seeder on unshaped loopback (peers take the ports the tracker hands out), and a Helia peer behind a fast-cdn shaper; it shows which sources sent bytes, not a ratio.',
       ],
