@@ -1,7 +1,5 @@
 import type { ServerResponse } from 'node:http'
 import { performance } from 'node:perf_hooks'
-import { Readable } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
 import {
   isNarMismatch,
   NarNotFoundError,
@@ -19,6 +17,7 @@ import type { NarOutcome, ProxyMetrics } from './metrics.js'
 import type { PeerMappings } from './peer-mappings.js'
 import { codeOf, message, NAR_TYPE, sendText, type RequestSignal } from './respond.js'
 import type { Route } from './routes.js'
+import { sendBody, WritePacer } from './send.js'
 import type { ServedNarInfo } from './served-narinfo.js'
 import { MemoryBudget } from './spool.js'
 import type { ProxyStore } from './store-wiring.js'
@@ -78,6 +77,8 @@ export function createNarRoute(context: NarRouteContext): {
 } {
   const { index, metrics, logger } = context
   const budget = new MemoryBudget(context.memoryBudget)
+  // One pacer for every NAR response: together they never hold a turn of the event loop for long.
+  const pacer = new WritePacer()
   metrics.memoryBudget(() => budget.used)
 
   /** The most bytes a file may have when its FileSize is unknown: from its narinfo's NarSize, if in memory. */
@@ -252,7 +253,7 @@ export function createNarRoute(context: NarRouteContext): {
           yield chunk
         }
       }
-      await pipeline(Readable.from(body(), { objectMode: false }), res)
+      await sendBody(res, body(), pacer, signal)
     } catch (error) {
       failure = error
       // Checked before the cut below, which fires the signal too.

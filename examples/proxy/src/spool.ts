@@ -4,8 +4,8 @@ import { open, rm, type FileHandle } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-/** Largest piece a reader takes from a spool file at once. */
-const READ_CHUNK = 256 * 1024
+/** Largest piece a reader takes from a spool file at once: one paced write (see send.ts). */
+const READ_CHUNK = 64 * 1024
 
 /** A byte budget shared by every download; reservations are all-or-nothing. */
 export class MemoryBudget {

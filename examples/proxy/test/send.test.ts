@@ -1,0 +1,27 @@
+import { setImmediate as nextTurn } from 'node:timers/promises'
+import { describe, expect, it } from 'vitest'
+import { WritePacer } from '../src/send.js'
+
+describe('WritePacer', () => {
+  it('lets at most its turn bytes out per turn of the event loop, in the order writers asked', async () => {
+    const pacer = new WritePacer(100)
+    const order: number[] = []
+    const writers = Array.from({ length: 10 }, async (_, i) => {
+      await pacer.take(40)
+      order.push(i)
+    })
+    // The first turn has room for three writes of 40 (the third goes past 100 and ends the turn).
+    await Promise.resolve()
+    expect(order).toEqual([0, 1, 2])
+    await nextTurn()
+    expect(order).toEqual([0, 1, 2, 3, 4, 5])
+    await Promise.all(writers)
+    expect(order).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+  })
+
+  it('never makes a writer wait while the turn has room and nobody waits', () => {
+    const pacer = new WritePacer(1000)
+    expect(pacer.take(10)).toBeUndefined()
+    expect(pacer.take(10)).toBeUndefined()
+  })
+})
