@@ -5,6 +5,7 @@ import { request as httpRequest } from 'node:http'
 import { connect, type Socket } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { narInfoText, randomHashPart } from '../narinfo-text.js'
+import { spawnPoller } from '../poll.js'
 import type { Sample } from '../results.js'
 import type { Scenario } from '../scenario.js'
 import { spawnNarServer, type ServedNar } from '../server.js'
@@ -82,20 +83,6 @@ function fetchAll(url: string, hangUpAfter?: number): Promise<{ status: number; 
   })
 }
 
-/** Asks for /nix-cache-info every 20 ms until `done` resolves; the slowest answer, in ms. */
-async function pollCacheInfo(url: string, done: Promise<unknown>): Promise<number> {
-  let worst = 0
-  let finished = false
-  void done.finally(() => (finished = true))
-  while (!finished) {
-    const t0 = performance.now()
-    await fetchAll(`${url}/nix-cache-info`)
-    worst = Math.max(worst, performance.now() - t0)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-  return worst
-}
-
 /** Holds a connection open by sending one header byte every 5 s and never ending the head. */
 function slowloris(url: string): Socket {
   const { port } = new URL(url)
@@ -151,18 +138,19 @@ export const proxyLoad: Scenario = {
       let proxy = await startProxy(server.url)
       try {
         await fetchAll(`${proxy.url}/${oneHash}.narinfo`)
-        const clients = Promise.all(Array.from({ length: CLIENTS }, () => fetchAll(`${proxy.url}/${one.url}`)))
-        const worst = await pollCacheInfo(proxy.url, clients)
-        const answers = await clients
+        const poller = await spawnPoller(proxy.url)
+        const answers = await Promise.all(Array.from({ length: CLIENTS }, () => fetchAll(`${proxy.url}/${one.url}`)))
+        const polled = await poller.stop()
+        const worst = polled.worstMs
         const ok = answers.filter((a) => a.status === 200 && a.complete && a.bytes === NAR_SIZE).length
         const downloads = await metric(proxy.url, 'narrace_backend_wins_total')
         const { peak } = await memory(proxy.child.pid!)
-        rows.push({ case: `${CLIENTS} clients, one ${formatSize(NAR_SIZE)} NAR`, ok, 'upstream downloads': downloads, 'peak RSS MiB': round(peak), 'worst /nix-cache-info ms': round(worst) })
+        rows.push({ case: `${CLIENTS} clients, one ${formatSize(NAR_SIZE)} NAR`, ok, 'upstream downloads': downloads, 'peak RSS MiB': round(peak), '/nix-cache-info asked': polled.count, failed: polled.failed, 'p50 ms': round(polled.p50Ms), 'p99 ms': round(polled.p99Ms), 'worst ms': round(worst) })
         samples.push({ variant: 'one NAR', run: 0, ms: worst, bytes: peak * MiB })
         ratios.push({ id: 'proxy-load/one-nar-downloads', label: `upstream downloads for ${CLIENTS} clients of one NAR`, value: downloads })
         ratios.push({ id: 'proxy-load/one-nar-peak-rss-mib', label: 'peak proxy RSS (MiB), one NAR', value: round(peak) })
         ratios.push({ id: 'proxy-load/one-nar-cache-info-ms', label: 'slowest /nix-cache-info meanwhile (ms)', value: round(worst) })
-        log(`one NAR: ${ok}/${CLIENTS} ok, ${downloads} downloads, peak ${round(peak)} MiB, /nix-cache-info ≤ ${round(worst)} ms`)
+        log(`one NAR: ${ok}/${CLIENTS} ok, ${downloads} downloads, peak ${round(peak)} MiB, /nix-cache-info p99 ${round(polled.p99Ms)} ms, worst ${round(worst)} ms`)
       } finally {
         await proxy.stop()
       }
@@ -242,6 +230,7 @@ export const proxyLoad: Scenario = {
       assumptions: [
         `The built proxy (examples/proxy/dist/main.js) in its own process, its one upstream the bench cache in another, all on 127.0.0.1; NARs of ${formatSize(NAR_SIZE)}, verified whole before they go out (8 MiB is the verify-first bound). Clients read everything they get.`,
         'Peak RSS is the kernel\'s high-water mark (VmHWM) of the proxy process; idle RSS is VmRSS 5 s after the last client.',
+        '/nix-cache-info is asked every 20 ms, each time over a new connection, by a process of its own while the clients read: timed as another client (Nix) sees it, not through the bench\'s event loop, which is busy reading 500 bodies (timed from there, the same proxy answers within seconds).',
         `Upstream downloads are counted by the proxy's narrace_backend_wins_total: one per race.`,
         `Slowloris connections send a request head one byte every 5 s; the proxy cuts heads after 10 s. Every client has a ${CLIENT_TIMEOUT_MS / 1000} s timeout.`,
       ],

@@ -1,0 +1,3 @@
+import { pollFromChild } from './poll.js'
+
+await pollFromChild()
