@@ -3,8 +3,13 @@ import type { NarTracker } from './metrics.js'
 import type { MemoryBudget } from './spool.js'
 import { Spool } from './spool.js'
 
-/** How long after a file is complete its clients may read it from memory before it moves to disk. @default 2000 */
-export const SLOW_READER_SPILL_MS = 2_000
+/**
+ * How long after a file is complete its clients may read it from memory before it moves to disk: a
+ * client still reading an 8 MiB file then reads it at under 280 KB/s. Sooner, a burst of clients that
+ * share the machine fairly, each at its own modest pace, would have every file written to disk and its
+ * memory left to the garbage collector while new downloads took the budget again. @default 30000
+ */
+export const SLOW_READER_SPILL_MS = 30_000
 
 /** How one download is opened: the proxy's `resolveNar` call, with its backends, events and store tee. */
 export interface OpenNar {
@@ -24,6 +29,8 @@ export interface DownloadsOptions {
   verifyFirstBelow: number
   /** Called once per download when it has ended, verified or not, for its log line and metrics. */
   onEnd?: (download: NarDownload, error: unknown) => void
+  /** Told when the first download starts and when the last one is gone (to trim memory while idle). */
+  onBusy?: (busy: boolean) => void
 }
 
 /**
@@ -153,6 +160,7 @@ export class Downloads {
     const key = hash.toString()
     let download = this.active.get(key)
     if (!download || !download.usable) {
+      if (this.active.size === 0) this.options.onBusy?.(true)
       download = new NarDownload(hash, size, this.options, (idle) => this.idle(key, idle))
       this.active.set(key, download)
     }
@@ -165,16 +173,23 @@ export class Downloads {
     return this.active.size
   }
 
-  /** Aborts every download. */
+  /** Aborts every download, for good: the proxy is closing, and the idle trims are over too. */
   abortAll(reason: unknown): void {
+    this.closed = true
+    this.options.onBusy?.(true)
     for (const download of this.active.values()) download.abort(reason)
   }
+
+  private closed = false
 
   private idle(key: string, download: NarDownload): void {
     // A failed or aborted download leaves the map at once, so that the next request starts afresh; a
     // verified one stays while clients read it, and late joiners read the same spool.
     if (download.readers > 0 && download.usable) return
-    if (this.active.get(key) === download) this.active.delete(key)
+    if (this.active.get(key) === download) {
+      this.active.delete(key)
+      if (this.active.size === 0 && !this.closed) this.options.onBusy?.(false)
+    }
     if (download.readers === 0) void download.release()
   }
 }

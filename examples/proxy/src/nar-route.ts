@@ -18,6 +18,7 @@ import type { PeerMappings } from './peer-mappings.js'
 import { codeOf, message, NAR_TYPE, sendText, type RequestSignal } from './respond.js'
 import type { Route } from './routes.js'
 import { sendBody, WritePacer } from './send.js'
+import { IdleTrim } from './trim.js'
 import type { ServedNarInfo } from './served-narinfo.js'
 import { MemoryBudget } from './spool.js'
 import type { ProxyStore } from './store-wiring.js'
@@ -88,8 +89,11 @@ export function createNarRoute(context: NarRouteContext): {
     return served ? unverifiedBound(served) : context.maxNarBytes
   }
 
+  // Memory the downloads freed goes back to the system once none runs.
+  const trim = new IdleTrim()
   const downloads = new Downloads({
     budget,
+    onBusy: (busy) => (busy ? trim.busy() : trim.idle()),
     spoolDir: context.spoolDir,
     verifyFirstBelow: context.verifyFirstBelow,
     async open(hash, { signal, size, verifyFirstBelow }, download) {

@@ -1,0 +1,66 @@
+/** How long the proxy is without a download before it first hands freed memory back to the system. @default 1000 */
+export const DEFAULT_IDLE_TRIM_MS = 1_000
+
+/** Idle trims go on, each after twice the wait of the one before, up to this wait. @default 60000 */
+export const MAX_IDLE_TRIM_MS = 60_000
+
+/**
+ * glibc's `malloc_trim(0)`, or undefined where there is none (musl, macOS, no prebuilt koffi).
+ *
+ * Bodies arrive in 64 KiB socket buffers that glibc takes from the middle of its heap. Once a burst is
+ * over and they are freed, glibc returns to the system only the free memory at the top of the heap,
+ * so a proxy that held its memory budget stays that large for good; `malloc_trim` gives back every
+ * free page. The buffers are freed by V8's garbage collector whenever it runs, hence the repeats.
+ */
+export async function loadMallocTrim(): Promise<(() => void) | undefined> {
+  if (process.platform !== 'linux') return undefined
+  try {
+    // Only glibc has this library name and this function; anything else throws here.
+    const { default: koffi } = await import('koffi')
+    const trim = koffi.load('libc.so.6').func('int malloc_trim(size_t pad)') as (pad: number) => number
+    return () => void trim(0)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Trims the allocator's free memory while the proxy has no download: first `firstMs` after the last
+ * one ended, then after waits that double up to `MAX_IDLE_TRIM_MS`. A new download stops the trims.
+ */
+export class IdleTrim {
+  private timer: NodeJS.Timeout | undefined
+  /** Counts idle spells, so that a trim of an earlier one never goes on into a later one. */
+  private spell = 0
+  private trim: Promise<(() => void) | undefined> | undefined
+
+  constructor(
+    private readonly firstMs: number = DEFAULT_IDLE_TRIM_MS,
+    /** Where the trim comes from (tests pass their own). */
+    private readonly load: () => Promise<(() => void) | undefined> = loadMallocTrim,
+  ) {}
+
+  busy(): void {
+    this.spell++
+    clearTimeout(this.timer)
+    this.timer = undefined
+  }
+
+  idle(): void {
+    this.busy()
+    this.schedule(this.spell, this.firstMs)
+  }
+
+  private schedule(spell: number, wait: number): void {
+    this.timer = setTimeout(() => {
+      this.trim ??= this.load()
+      void this.trim.then((trim) => {
+        if (!trim || spell !== this.spell) return
+        trim()
+        if (wait * 2 <= MAX_IDLE_TRIM_MS) this.schedule(spell, wait * 2)
+      })
+    }, wait)
+    // Never keeps the process alive.
+    this.timer.unref()
+  }
+}

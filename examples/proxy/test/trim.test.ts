@@ -1,0 +1,28 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import { describe, expect, it } from 'vitest'
+import { IdleTrim, loadMallocTrim } from '../src/trim.js'
+
+describe('IdleTrim', () => {
+  it('trims once the proxy is idle, again after doubling waits, and stops when a download starts', async () => {
+    let trims = 0
+    const trim = new IdleTrim(20, async () => () => void trims++)
+    trim.idle()
+    await sleep(5)
+    expect(trims).toBe(0)
+    await sleep(40)
+    expect(trims).toBe(1)
+    await sleep(60)
+    expect(trims).toBe(2)
+    trim.busy()
+    await sleep(150)
+    expect(trims).toBe(2)
+  })
+
+  it('finds glibc malloc_trim on a glibc Linux', async () => {
+    const trim = await loadMallocTrim()
+    if (process.platform === 'linux' && process.report.getReport() && (process.report.getReport() as { header: { glibcVersionRuntime?: string } }).header.glibcVersionRuntime) {
+      expect(trim).toBeTypeOf('function')
+      trim!()
+    }
+  })
+})
