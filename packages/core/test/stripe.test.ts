@@ -47,6 +47,20 @@ describe('resolveNar: striping', () => {
     }
   })
 
+  it('opens with a race for the first span only, and goes on from the same source when no other is left', async () => {
+    const { data, hash } = sample(1 << 20)
+    const only = scripted('only', data, { ranged: true, chunkSize: 4096 })
+    const gone = scripted('gone', data, { ranged: true, missing: true })
+    const stream = await resolveNar(hash, { backends: [gone, only], size: data.length, stripeAbove: 0, maxBufferBytes: 256 * 1024 })
+    expect(Buffer.from(await within(10_000, collect(stream))).equals(data)).toBe(true)
+    // The opening request stopped at an eighth of the file; the rest came over a second one, from there.
+    expect(only.calls.map((c) => [c.offset, c.end])).toEqual([
+      [0, data.length / 8],
+      [data.length / 8, undefined],
+    ])
+    expect(gone.calls).toHaveLength(1)
+  })
+
   it('stays off with one source, with a small file, and with sources that do not serve ranges', async () => {
     const { data, hash } = sample(512 * 1024)
     const one = scripted('one', data, { ranged: true })
