@@ -250,14 +250,13 @@ export function createNarRoute(context: NarRouteContext): {
       const stream = download.stream!
       const headers: Record<string, string> = { 'content-type': NAR_TYPE }
       if (stream.size !== undefined) headers['content-length'] = String(stream.size)
-      res.writeHead(200, headers)
       const body = async function* (): AsyncGenerator<Uint8Array> {
         for await (const chunk of download.spool!.read({ verifyFirst: download.verifyFirst, signal })) {
           sent += chunk.byteLength
           yield chunk
         }
       }
-      await sendBody(res, body(), pacer, signal)
+      await sendBody(res, headers, body(), pacer, signal)
     } catch (error) {
       failure = error
       // Checked before the cut below, which fires the signal too.

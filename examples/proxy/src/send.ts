@@ -6,7 +6,7 @@ import { finished } from 'node:stream/promises'
  * Bytes that every NAR response together hands to its sockets in one turn of the event loop.
  * @default 4 MiB
  */
-export const DEFAULT_TURN_BYTES = 4 * 1024 * 1024
+export const DEFAULT_TURN_BYTES = 1024 * 1024
 
 /** Largest piece handed to one socket at once, so that one client's turn is short. @default 64 KiB */
 export const WRITE_SLICE_BYTES = 64 * 1024
@@ -54,13 +54,14 @@ export class WritePacer {
 }
 
 /**
- * Writes `body` to `res` in slices of at most `WRITE_SLICE_BYTES`, each one paced and each waiting for
- * the socket to drain, then ends the response and waits until it is out. A client waits for its turn
- * before it pulls the next chunk, so that a waiting client holds no read buffer. Throws on abort, on
- * the client's going away, and with `body`'s own error (the caller then cuts the connection).
+ * Sends the status and `headers`, then `body`, in slices of at most `WRITE_SLICE_BYTES`, each one paced
+ * and each waiting for the socket to drain; ends the response and waits until it is out. A client waits
+ * for its turn before it pulls the next chunk, so that a waiting client holds no read buffer. Throws on
+ * abort, on the client's going away, and with `body`'s own error (the caller then cuts the connection).
  */
 export async function sendBody(
   res: ServerResponse,
+  headers: Record<string, string>,
   body: AsyncIterable<Uint8Array>,
   pacer: WritePacer,
   signal: AbortSignal,
@@ -69,6 +70,11 @@ export async function sendBody(
   try {
     for (;;) {
       await pacer.take(WRITE_SLICE_BYTES)
+      // The status too waits for the client's turn: hundreds of clients of one file start at once.
+      if (!res.headersSent) {
+        signal.throwIfAborted()
+        res.writeHead(200, headers)
+      }
       const next = await chunks.next()
       if (next.done) break
       const chunk = next.value
