@@ -19,7 +19,7 @@ export interface Poller {
 type Call = { op: 'stop' }
 
 /**
- * Asks `url` for a small route every `everyMs`, each time over a new connection, from a child process,
+ * Asks `url` (a small route) every `everyMs`, each time over a new connection, from a child process,
  * until `stop()`. Its own process keeps the measure clear of the bench's event loop, which is busy
  * reading hundreds of bodies in the same run: an answer is timed as a client of its own (Nix) sees it.
  */

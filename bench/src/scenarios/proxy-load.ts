@@ -138,7 +138,7 @@ export const proxyLoad: Scenario = {
       let proxy = await startProxy(server.url)
       try {
         await fetchAll(`${proxy.url}/${oneHash}.narinfo`)
-        const poller = await spawnPoller(proxy.url)
+        const poller = await spawnPoller(`${proxy.url}/nix-cache-info`)
         const answers = await Promise.all(Array.from({ length: CLIENTS }, () => fetchAll(`${proxy.url}/${one.url}`)))
         const polled = await poller.stop()
         const worst = polled.worstMs
