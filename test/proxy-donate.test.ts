@@ -32,6 +32,29 @@ const log = (proxy: RunningProxy): LogLine[] => proxy.stdout.map((line) => JSON.
 
 const copy = (url: string): Promise<NixRun> => copyPaths(url, served, key)
 
+/** Serves `served` to Nix through A and waits until A donated each NAR, with a CID and an infohash. */
+async function serveAndDonate(a: RunningProxy): Promise<void> {
+  const run = await copy(a.url)
+  expect(run.code, run.stderr).toBe(0)
+  await until(() => log(a).filter((l) => l.msg === 'donated').length === served.length, 60_000, 'every NAR donated')
+  for (const line of log(a).filter((l) => l.msg === 'donated')) {
+    expect(line.cid).toMatch(/^bafk|^bafy/)
+    expect(line.btih).toMatch(/^[0-9a-f]{40}$/)
+  }
+}
+
+/** The upstream loses every NAR file; A still answers narinfo from its store. */
+async function dropNarFiles(cache: string, a: RunningProxy): Promise<void> {
+  for (const name of await readdir(join(cache, 'nar'))) await rm(join(cache, 'nar', name))
+  expect((await get(`${a.url}/${root.hashPart}.narinfo`)).status).toBe(200)
+}
+
+/** No NAR reached A's NAR route (A logs every NAR it serves), and the upstream served no NAR since `before`. */
+function expectNoNarOverHttp(a: RunningProxy, upstream: CacheServer, before: number): void {
+  expect(log(a).filter((l) => l.msg === 'nar').length).toBe(served.length)
+  expect(upstream.requests.slice(before).filter((r) => r.path.includes('/nar/') && r.status === 200)).toEqual([])
+}
+
 describe.skipIf(!built || !nixAvailable)('--donate: what one proxy kept, another serves from IPFS and torrents', () => {
   let work: string
   let upstream: CacheServer
@@ -62,17 +85,8 @@ describe.skipIf(!built || !nixAvailable)('--donate: what one proxy kept, another
       '--ipfs-api', kubo.url, '--torrent', '--announce', tracker.announce[0]!,
     ])
     proxies.push(a)
-    const first = await copy(a.url)
-    expect(first.code, first.stderr).toBe(0)
-    await until(() => log(a).filter((l) => l.msg === 'donated').length === served.length, 60_000, 'every NAR donated')
-    for (const line of log(a).filter((l) => l.msg === 'donated')) {
-      expect(line.cid).toMatch(/^bafk|^bafy/)
-      expect(line.btih).toMatch(/^[0-9a-f]{40}$/)
-    }
-
-    // The upstream loses every NAR file; A still answers narinfo from its store.
-    for (const name of await readdir(join(work, 'cache', 'nar'))) await rm(join(work, 'cache', 'nar', name))
-    expect((await get(`${a.url}/${root.hashPart}.narinfo`)).status).toBe(200)
+    await serveAndDonate(a)
+    await dropNarFiles(join(work, 'cache'), a)
     expect((await get(`${upstream.url}/${root.url}`)).status).toBe(404)
     const mapping = await get(`${a.url}/narrace/v1/mappings/${big.fileHash.slice('sha256:'.length)}`)
     expect(JSON.parse(mapping.body.toString())).toMatchObject({ fileHash: big.fileHash, source: 'local' })
@@ -98,10 +112,7 @@ describe.skipIf(!built || !nixAvailable)('--donate: what one proxy kept, another
         expect(line.sources).toEqual([network])
       }
     }
-    // No NAR reached A's NAR route (A logs every NAR it serves), and the upstream served no NAR byte.
-    expect(log(a).filter((l) => l.msg === 'nar').length).toBe(served.length)
-    const narAnswers = upstream.requests.slice(before).filter((r) => r.path.includes('/nar/') && r.status === 200)
-    expect(narAnswers).toEqual([])
+    expectNoNarOverHttp(a, upstream, before)
   })
 
   it('eviction withdraws a donation: unpinned, no longer seeded, its mapping marked gone', async () => {
@@ -162,16 +173,8 @@ describe.skipIf(!built || !nixAvailable)('--donate with --ipfs embedded and a tr
       '--torrent', '--announce', tracker.announce[0]!,
     ])
     proxies.push(a)
-    const first = await copy(a.url)
-    expect(first.code, first.stderr).toBe(0)
-    await until(() => log(a).filter((l) => l.msg === 'donated').length === served.length, 60_000, 'every NAR donated')
-    for (const line of log(a).filter((l) => l.msg === 'donated')) {
-      expect(line.cid).toMatch(/^bafk|^bafy/)
-      expect(line.btih).toMatch(/^[0-9a-f]{40}$/)
-    }
-
-    for (const name of await readdir(join(work, 'cache', 'nar'))) await rm(join(work, 'cache', 'nar', name))
-    expect((await get(`${a.url}/${root.hashPart}.narinfo`)).status).toBe(200)
+    await serveAndDonate(a)
+    await dropNarFiles(join(work, 'cache'), a)
 
     const ipfsAddr = log(a)[0]!.ipfs!.addrs[0]!
     const before = upstream.requests.length
@@ -191,8 +194,6 @@ describe.skipIf(!built || !nixAvailable)('--donate with --ipfs embedded and a tr
       expect(['ipfs', 'torrent'], line.nar).toContain(line.winner)
       expect(line.sources.filter((s) => s !== 'ipfs' && s !== 'torrent'), line.nar).toEqual([])
     }
-    expect(log(a).filter((l) => l.msg === 'nar').length).toBe(served.length)
-    const narAnswers = upstream.requests.slice(before).filter((r) => r.path.includes('/nar/') && r.status === 200)
-    expect(narAnswers).toEqual([])
+    expectNoNarOverHttp(a, upstream, before)
   })
 })
