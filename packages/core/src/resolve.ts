@@ -22,10 +22,10 @@ export const DEFAULT_MAX_BUFFER_BYTES = 32 << 20
 
 /**
  * A file that will be striped opens with a race for its first segment only, not the whole file: the
- * losers' requests, cut at the win, have put at most this much on their links, and the winner's next
- * request is on its way before this much has arrived.
+ * losers' requests, cut at the win, have put at most this much on their links. The other connections of
+ * each source start with the race, so that no link waits for the win before its next request.
  */
-const OPENING_SPAN_BYTES = 4 << 20
+const OPENING_SPAN_BYTES = 1 << 20
 
 /** A backend fails over at most this many times before it is left out of the race. */
 const MAX_STRIKES = 2
@@ -136,18 +136,20 @@ class Download implements RaceHost, StripeHost, SourceContext {
     )
   }
 
+  private newStripe(span: number | undefined): Stripe {
+    const options = {
+      size: this.size!,
+      position: this.bytesRead,
+      maxBufferBytes: this.options.maxBufferBytes ?? DEFAULT_MAX_BUFFER_BYTES,
+      connectionsPerSource: Math.max(1, this.options.connectionsPerSource ?? DEFAULT_CONNECTIONS_PER_SOURCE),
+    }
+    return new Stripe(this, options, span)
+  }
+
   private startStripe(): void {
     if (!this.active || !this.activeEntry || !this.verifier.tracking || !this.stripeable()) return
-    this.stripe = new Stripe(
-      this,
-      {
-        size: this.size!,
-        position: this.bytesRead,
-        maxBufferBytes: this.options.maxBufferBytes ?? DEFAULT_MAX_BUFFER_BYTES,
-        connectionsPerSource: Math.max(1, this.options.connectionsPerSource ?? DEFAULT_CONNECTIONS_PER_SOURCE),
-      },
-      { entry: this.activeEntry, source: this.active },
-    )
+    this.stripe = this.newStripe(this.active.limit)
+    this.stripe.adopt({ entry: this.activeEntry, source: this.active })
     this.active = undefined
     this.activeEntry = undefined
   }
@@ -161,15 +163,43 @@ class Download implements RaceHost, StripeHost, SourceContext {
     return Math.max(1, Math.min(OPENING_SPAN_BYTES, Math.floor(buffer / 2), Math.floor(this.fileSize / 8)))
   }
 
-  /** Runs the first race and makes its winner the active source. */
+  /**
+   * Runs the first race and makes its winner the active source. When the FileSize says the file will be
+   * striped, the stripe starts with the race: the other connections of each source take the segments
+   * after the opening span at once, instead of a round trip after the win.
+   */
   async start(): Promise<void> {
-    const winner = await race(this, this.entries, 0, true, this.openingSpan())
+    const span = this.openingSpan()
+    let stripe: Stripe | undefined
+    if (span !== undefined) {
+      this.verifier = new Verifier(this.hash, { track: true })
+      stripe = this.newStripe(span)
+      // A source held back by a hedge delay joins at the win, as it would have without a stripe.
+      for (const entry of this.live()) if (!(this.hedge?.[entry.name] ?? 0)) stripe.early(entry)
+    }
+    let winner: SourceStream
+    try {
+      winner = await race(this, this.entries, 0, true, span)
+    } catch (error) {
+      stripe?.close(error)
+      throw error
+    }
     this.activate(winner)
     this.winner = winner.name
+    if (stripe && !this.stripeable()) {
+      // The others turned out to have no copy: one source at a time, as without a stripe.
+      stripe.close(new LostRaceError(`${winner.name} is the only source left`))
+      stripe = undefined
+      this.verifier = new Verifier(this.hash, { track: false })
+    }
     // A copy from several sources keeps a digest per sender, to blame a liar.
-    if (this.stripeable()) this.verifier = new Verifier(this.hash, { track: true })
+    if (!stripe && this.stripeable()) this.verifier = new Verifier(this.hash, { track: true })
     this.emit('win', winner.name)
-    this.startStripe()
+    if (!stripe) return this.startStripe()
+    this.stripe = stripe
+    stripe.adopt({ entry: this.activeEntry!, source: winner })
+    this.active = undefined
+    this.activeEntry = undefined
   }
 
   /** Hands the stream to another source at `bytesRead`, or throws `cause` when none is left. */

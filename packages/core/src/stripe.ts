@@ -22,6 +22,11 @@ const MAX_FAILURES_PER_CONNECTION = 2
 const HEDGE_FACTOR = 2
 /** A connection that failed waits this long, times its source's failures in a row, before it tries again. */
 const RETRY_BACKOFF_MS = 20
+/**
+ * Connections started with the opening race wait this long, so that each source answers its race request
+ * first: on a link whose queue they share, their bytes would otherwise go ahead of the race's first byte.
+ */
+const EARLY_START_MS = 15
 /** How often idle connections look for a segment to hedge. */
 const HEDGE_CHECK_MS = 50
 /** A source is compared by its rate only after it has streamed this long. */
@@ -120,16 +125,24 @@ export class Stripe {
   /** Bytes received that another connection had already delivered: what hedges cost. */
   duplicated = 0
 
+  /**
+   * The first segment while an opening race for it runs: nobody claims it until the winner is adopted.
+   * Connections that start before the win take the segments after it.
+   */
+  private opening: Segment | undefined
+
+  /**
+   * Cuts the rest of the file into segments; the first ends at `span` when given (the winner of an
+   * opening race was asked for that much). Nothing runs until `adopt()` or `early()`.
+   */
   constructor(
     private readonly host: StripeHost,
     private readonly options: StripeOptions,
-    winner: { entry: Entry; source: SourceStream },
+    span?: number,
   ) {
     const { size, position, maxBufferBytes, connectionsPerSource } = options
     this.position = position
     const connections = Math.max(1, host.live().length * connectionsPerSource)
-    // A winner that was asked for a span only ends its first segment there.
-    const span = winner.source.limit
     let start = position
     if (span !== undefined && span > position && span < size) {
       this.segments.push({ start, end: span, received: start, chunks: [], runners: new Set() })
@@ -142,13 +155,30 @@ export class Stripe {
       this.segments.push({ start, end, received: start, chunks: [], runners: new Set() })
       start = end
     }
-    // The winner's open stream goes on with the first segment, without a new request.
+  }
+
+  /**
+   * Starts every connection of `entry` but the one its race attempt holds, before the race is won: they
+   * take the segments after the first, so that no link waits for the win to get its next request. Such a
+   * connection that fails before the win leaves quietly; the race speaks for its source.
+   */
+  early(entry: Entry): void {
+    if (entry.ranges === false) return
+    this.opening ??= this.segments[this.front]
+    for (let i = 1; i < this.options.connectionsPerSource; i++) this.spawn(entry, undefined, EARLY_START_MS)
+  }
+
+  /** The winner's open stream goes on with the first segment, without a new request; every source gets its connections. */
+  adopt(winner: { entry: Entry; source: SourceStream }): void {
+    this.opening = undefined
     this.spawn(winner.entry, winner.source)
-    for (const entry of host.live()) {
-      const have = entry === winner.entry ? 1 : 0
+    for (const entry of this.host.live()) {
       if (entry.ranges === false) continue
-      for (let i = have; i < connectionsPerSource; i++) this.spawn(entry, undefined)
+      let have = 0
+      for (const r of this.runners) if (r.entry === entry) have++
+      for (let i = have; i < this.options.connectionsPerSource; i++) this.spawn(entry, undefined)
     }
+    this.notify()
   }
 
   /** The next chunk in order, or undefined at the end of the file. */
@@ -190,10 +220,10 @@ export class Stripe {
     return [...new Set([...this.runners].filter((r) => r.source && !r.source.isClosed).map((r) => r.entry.name))]
   }
 
-  private spawn(entry: Entry, source: SourceStream | undefined): void {
+  private spawn(entry: Entry, source: SourceStream | undefined, delayMs = 0): void {
     const runner: Runner = { entry, source, segment: undefined, bytes: 0, ms: 0, since: 0, segmentBytes: 0, firstByteAt: 0, outrun: false }
     this.runners.add(runner)
-    void this.run(runner)
+    void (delayMs > 0 ? this.pause(delayMs).then(() => this.run(runner)) : this.run(runner))
       .catch(noop)
       .finally(() => {
         this.runners.delete(runner)
@@ -221,7 +251,8 @@ export class Stripe {
         this.release(runner)
         runner.source?.close(error)
         runner.source = undefined
-        if (this.closed || this.host.signal?.aborted) return
+        // Before the win the race speaks for the source; once it is out, there is nothing more to say.
+        if (this.closed || this.host.signal?.aborted || this.opening || runner.entry.dead) return
         // Outrun by a hedge, or a source that turned out not to serve ranges: no failure of the source.
         if (error instanceof LostRaceError) {
           if (runner.outrun || runner.entry.ranges === false) return
@@ -254,7 +285,7 @@ export class Stripe {
   private claim(runner: Runner): Segment | 'retire' | undefined {
     if (this.segments.every((s) => s.received >= s.end)) return 'retire'
     const fits = (s: Segment): boolean => s.end - this.position <= this.options.maxBufferBytes || s === this.segments[this.front]
-    const open = (s: Segment): boolean => s.runners.size === 0 && s.received < s.end
+    const open = (s: Segment): boolean => s.runners.size === 0 && s.received < s.end && s !== this.opening
     const at = runner.source && !runner.source.isClosed ? runner.source.position : undefined
     if (at !== undefined) {
       const next = this.segments.find((s) => s.received === at && s.start <= at && at < s.end)

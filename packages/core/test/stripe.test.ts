@@ -61,6 +61,58 @@ describe('resolveNar: striping', () => {
     expect(gone.calls).toHaveLength(1)
   })
 
+  it('starts the other connections of each source with the opening race, not a round trip after the win', async () => {
+    const { data, hash } = sample(1 << 20)
+    const backends = ['a', 'b'].map((name) => scripted(name, data, { ranged: true, latencyMs: 200, chunkSize: 4096 }))
+    const asked: Record<string, number[]> = { a: [], b: [] }
+    const t0 = performance.now()
+    const timed = backends.map((b): NarBackend => ({
+      name: b.name,
+      fetch: (h, o) => {
+        asked[b.name]!.push(performance.now() - t0)
+        return b.fetch(h, o)
+      },
+    }))
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: timed,
+      size: data.length,
+      stripeAbove: 0,
+      maxBufferBytes: 1 << 20,
+      onEvent: (e) => events.push(e),
+    })
+    // The race is won after 200 ms; long before, each source was asked for the opening span and for a later segment.
+    const win = events.find((e) => e.type === 'win')!.ms
+    expect(win).toBeGreaterThanOrEqual(150)
+    for (const b of backends) {
+      expect(b.calls[0]).toMatchObject({ offset: 0, end: data.length / 8 })
+      expect(b.calls[1]!.offset).toBeGreaterThanOrEqual(data.length / 8)
+      expect(asked[b.name]![1]).toBeLessThan(win - 100)
+    }
+    expect(Buffer.from(await within(10_000, collect(stream))).equals(data)).toBe(true)
+    expectDisjoint(backends, data.length)
+    // Only the race reports on a source before the win: one start each, and no failure.
+    expect(events.filter((e) => e.type === 'start').map((e) => e.backend).sort()).toEqual(['a', 'b'])
+    expect(events.filter((e) => e.type === 'fail')).toEqual([])
+  })
+
+  it('reports a source without the file once, though its early connection was asked too', async () => {
+    const { data, hash } = sample(1 << 20)
+    const gone = scripted('gone', data, { ranged: true, missing: true, latencyMs: 40 })
+    const slow = scripted('slow', data, { ranged: true, latencyMs: 80, chunkSize: 4096 })
+    const events: NarEvent[] = []
+    const stream = await resolveNar(hash, {
+      backends: [gone, slow],
+      size: data.length,
+      stripeAbove: 0,
+      maxBufferBytes: 256 * 1024,
+      onEvent: (e) => events.push(e),
+    })
+    expect(Buffer.from(await within(10_000, collect(stream))).equals(data)).toBe(true)
+    expect(gone.calls.length).toBe(2)
+    expect(events.filter((e) => e.type === 'fail').map((e) => e.backend)).toEqual(['gone'])
+  })
+
   it('stays off with one source, with a small file, and with sources that do not serve ranges', async () => {
     const { data, hash } = sample(512 * 1024)
     const one = scripted('one', data, { ranged: true })
