@@ -17,7 +17,8 @@ import type { NarOutcome, ProxyMetrics } from './metrics.js'
 import type { PeerMappings } from './peer-mappings.js'
 import { codeOf, message, NAR_TYPE, sendText, type RequestSignal } from './respond.js'
 import type { Route } from './routes.js'
-import { sendBody, WritePacer } from './send.js'
+import { DEFAULT_TURN_BYTES, sendBody } from './send.js'
+import { TurnPacer } from './turns.js'
 import { IdleTrim } from './trim.js'
 import type { ServedNarInfo } from './served-narinfo.js'
 import { MemoryBudget } from './spool.js'
@@ -79,7 +80,7 @@ export function createNarRoute(context: NarRouteContext): {
   const { index, metrics, logger } = context
   const budget = new MemoryBudget(context.memoryBudget)
   // One pacer for every NAR response: together they never hold a turn of the event loop for long.
-  const pacer = new WritePacer()
+  const pacer = new TurnPacer(DEFAULT_TURN_BYTES)
   metrics.memoryBudget(() => budget.used)
 
   /** The most bytes a file may have when its FileSize is unknown: from its narinfo's NarSize, if in memory. */

@@ -19,12 +19,23 @@ import { routeRequest, type Route } from './routes.js'
 import { learnNarInfo, servedNarInfo } from './served-narinfo.js'
 import { spoolDirectory } from './spool.js'
 import type { ProxyStore } from './store-wiring.js'
+import { TurnPacer } from './turns.js'
 import { perUpstreamUrls, type UpstreamNames } from './upstream-backends.js'
 
 /** A narinfo lookup that no upstream finishes within this long answers 504. */
 export const DEFAULT_NARINFO_TIMEOUT_MS = 10_000
 /** Largest request head accepted; larger ones get a 400 before routing. */
 export const MAX_HEADER_BYTES = 16 * 1024
+/**
+ * Requests that do work (narinfo, NAR, mappings) started in one turn of the event loop; the rest wait
+ * for the next turns. Hundreds of clients that connect at once are parsed in one batch, and starting all
+ * their work in the same turn held `/nix-cache-info` for 80-200 ms (median 140); 16 a turn brought the
+ * median to about 80 ms.
+ * @default 16
+ */
+export const REQUEST_STARTS_PER_TURN = 16
+/** Routes answered from memory at once, never paced: the health and cache-info answers Nix and monitors wait on. */
+const CHEAP_ROUTES: ReadonlySet<Route['kind']> = new Set(['reject', 'cache-info', 'healthz', 'metrics'])
 /** How long a narinfo that was found is served from memory. @default one hour */
 export const DEFAULT_NARINFO_TTL_MS = 60 * 60 * 1000
 
@@ -230,9 +241,13 @@ export function createProxy(options: ProxyOptions): Proxy {
     setTimeout(() => socket.destroy(), 1000).unref()
   })
 
+  // One pacer for the requests that do work: the cheap ones below answer at once, whatever the load.
+  const starts = new TurnPacer(REQUEST_STARTS_PER_TURN)
+
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const route: Route = routeRequest(req.method, req.url)
     const head = req.method === 'HEAD'
+    if (!CHEAP_ROUTES.has(route.kind)) await starts.take(1)
     switch (route.kind) {
       case 'reject':
         metrics.rejected.inc({ status: String(route.status) })

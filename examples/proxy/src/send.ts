@@ -1,57 +1,16 @@
 import { once } from 'node:events'
 import type { ServerResponse } from 'node:http'
 import { finished } from 'node:stream/promises'
+import type { TurnPacer } from './turns.js'
 
 /**
  * Bytes that every NAR response together hands to its sockets in one turn of the event loop.
- * @default 4 MiB
+ * @default 1 MiB
  */
 export const DEFAULT_TURN_BYTES = 1024 * 1024
 
 /** Largest piece handed to one socket at once, so that one client's turn is short. @default 64 KiB */
 export const WRITE_SLICE_BYTES = 64 * 1024
-
-/**
- * Shares the socket writes of all responses out among turns of the event loop. A write to a socket that
- * the kernel takes at once completes without leaving the current tick, so hundreds of fast readers
- * would otherwise keep one tick busy for seconds and starve everything else (accepts, `/nix-cache-info`,
- * narinfo). Past `turnBytes` in one turn, writers wait for the next turn, in the order they asked.
- */
-export class WritePacer {
-  private used = 0
-  private readonly waiting: { bytes: number; go: () => void }[] = []
-  private scheduled = false
-
-  constructor(readonly turnBytes: number = DEFAULT_TURN_BYTES) {}
-
-  /** Resolves when `bytes` may go out: at once while this turn has room, else in a later turn. */
-  take(bytes: number): Promise<void> | undefined {
-    this.schedule()
-    if (this.waiting.length === 0 && this.used < this.turnBytes) {
-      this.used += bytes
-      return undefined
-    }
-    return new Promise((go) => this.waiting.push({ bytes, go }))
-  }
-
-  /** setImmediate runs after the poll phase, so each turn's I/O and timers come between two shares. */
-  private schedule(): void {
-    if (this.scheduled) return
-    this.scheduled = true
-    setImmediate(() => this.turn())
-  }
-
-  private turn(): void {
-    this.scheduled = false
-    this.used = 0
-    while (this.waiting.length > 0 && this.used < this.turnBytes) {
-      const next = this.waiting.shift()!
-      this.used += next.bytes
-      next.go()
-    }
-    if (this.waiting.length > 0) this.schedule()
-  }
-}
 
 /**
  * Sends the status and `headers`, then `body`, in slices of at most `WRITE_SLICE_BYTES`, each one paced
@@ -63,7 +22,7 @@ export async function sendBody(
   res: ServerResponse,
   headers: Record<string, string>,
   body: AsyncIterable<Uint8Array>,
-  pacer: WritePacer,
+  pacer: TurnPacer,
   signal: AbortSignal,
 ): Promise<void> {
   const chunks = body[Symbol.asyncIterator]()

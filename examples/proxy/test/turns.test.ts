@@ -1,10 +1,10 @@
 import { setImmediate as nextTurn } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
-import { WritePacer } from '../src/send.js'
+import { TurnPacer } from '../src/turns.js'
 
-describe('WritePacer', () => {
-  it('lets at most its turn bytes out per turn of the event loop, in the order writers asked', async () => {
-    const pacer = new WritePacer(100)
+describe('TurnPacer', () => {
+  it('lets at most its units per turn go of the event loop, in the order writers asked', async () => {
+    const pacer = new TurnPacer(100)
     const order: number[] = []
     const writers = Array.from({ length: 10 }, async (_, i) => {
       await pacer.take(40)
@@ -20,7 +20,7 @@ describe('WritePacer', () => {
   })
 
   it('never makes a writer wait while the turn has room and nobody waits', () => {
-    const pacer = new WritePacer(1000)
+    const pacer = new TurnPacer(1000)
     expect(pacer.take(10)).toBeUndefined()
     expect(pacer.take(10)).toBeUndefined()
   })

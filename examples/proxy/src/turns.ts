@@ -1,0 +1,42 @@
+/**
+ * Shares work out among turns of the event loop: at most `perTurn` units (bytes written, requests
+ * started) in one turn; past that, takers wait for a later turn, in the order they asked. Work that
+ * completes without leaving the current tick (a write the kernel takes at once, hundreds of requests
+ * parsed in one batch) would otherwise keep one tick busy for long and starve everything else: accepts,
+ * `/nix-cache-info`, narinfo.
+ */
+export class TurnPacer {
+  private used = 0
+  private readonly waiting: { units: number; go: () => void }[] = []
+  private scheduled = false
+
+  constructor(readonly perTurn: number) {}
+
+  /** Resolves when `units` may go: at once while this turn has room, else in a later turn. */
+  take(units: number): Promise<void> | undefined {
+    this.schedule()
+    if (this.waiting.length === 0 && this.used < this.perTurn) {
+      this.used += units
+      return undefined
+    }
+    return new Promise((go) => this.waiting.push({ units, go }))
+  }
+
+  /** setImmediate runs after the poll phase, so each turn's I/O and timers come between two shares. */
+  private schedule(): void {
+    if (this.scheduled) return
+    this.scheduled = true
+    setImmediate(() => this.turn())
+  }
+
+  private turn(): void {
+    this.scheduled = false
+    this.used = 0
+    while (this.waiting.length > 0 && this.used < this.perTurn) {
+      const next = this.waiting.shift()!
+      this.used += next.units
+      next.go()
+    }
+    if (this.waiting.length > 0) this.schedule()
+  }
+}
