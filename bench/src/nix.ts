@@ -5,6 +5,20 @@ import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, normalize, sep } from 'node:path'
+import { BENCH_DIR } from './results.js'
+
+/** The checked-in, Nix-made fixture cache: 20 paths under closure-root, signed. */
+export const FIXTURE_CACHE = join(BENCH_DIR, '..', 'test', 'fixtures', 'cache')
+
+/** The fixture closure's root and the key that signed the cache, or why they are missing. */
+export async function fixtureClosure(): Promise<{ storePath: string; publicKey: string } | string> {
+  const manifest = JSON.parse(await readFile(join(FIXTURE_CACHE, '..', 'cache.json'), 'utf8')) as {
+    publicKey: string
+    paths: { name: string; storePath: string }[]
+  }
+  const root = manifest.paths.find((p) => p.name === 'closure-root')
+  return root ? { storePath: root.storePath, publicKey: manifest.publicKey } : 'no closure-root in test/fixtures/cache.json'
+}
 
 /** Whether a `nix` binary is on PATH. */
 export const nixAvailable = (): boolean => spawnSync('nix', ['--version'], { stdio: 'ignore' }).status === 0

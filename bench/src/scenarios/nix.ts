@@ -1,25 +1,15 @@
-import { readFile } from 'node:fs/promises'
-import { join } from 'node:path'
 import { Closer, openCache } from '../caches.js'
-import { nixAvailable, nixSandbox, serveCacheDir, type NixRun } from '../nix.js'
+import { FIXTURE_CACHE, fixtureClosure, nixAvailable, nixSandbox, serveCacheDir, type NixRun } from '../nix.js'
 import { loadProxy } from '../optional.js'
 import type { Ratio, Row, Sample } from '../results.js'
-import { BENCH_DIR } from '../results.js'
 import type { Scenario } from '../scenario.js'
 import { PROFILES, startBlackhole } from '../shaper.js'
 import { median, round } from '../stats.js'
 import { NIX_CONNECT_TIMEOUT_MS } from './race.js'
 
-/** The checked-in, Nix-made fixture cache: 20 paths under closure-root, signed. */
-const FIXTURES = join(BENCH_DIR, '..', 'test', 'fixtures')
 const RUNS = 3
 /** One Nix run with a dead cache in front takes about five connect timeouts; this bounds it. */
 const NIX_TIMEOUT_MS = 240_000
-
-interface Manifest {
-  publicKey: string
-  paths: { name: string; storePath: string; references: string[] }[]
-}
 
 /** Issue 7, scenario 6: a real Nix client, through the proxy and directly, with a dead cache in front. */
 export const nix: Scenario = {
@@ -32,16 +22,15 @@ export const nix: Scenario = {
     const proxyModule = await loadProxy()
     if (!proxyModule.ok) return nothing(`every row: the proxy, ${proxyModule.why}`)
     const { pino } = await import('pino')
-    const manifest = JSON.parse(await readFile(join(FIXTURES, 'cache.json'), 'utf8')) as Manifest
-    const root = manifest.paths.find((p) => p.name === 'closure-root')
-    if (!root) return nothing('every row: no closure-root in test/fixtures/cache.json')
-    const key = manifest.publicKey
+    const root = await fixtureClosure()
+    if (typeof root === 'string') return nothing(`every row: ${root}`)
+    const key = root.publicKey
 
     const closer = new Closer()
     const rows: Row[] = []
     const ratios: Ratio[] = []
     try {
-      const origin = closer.add(await serveCacheDir(join(FIXTURES, 'cache')))
+      const origin = closer.add(await serveCacheDir(FIXTURE_CACHE))
       // The healthy cache is a fast CDN; the dead one never completes a TCP connect.
       const healthy = closer.add(await openCache(origin, 'fast-cdn'))
       const dead = closer.add(await startBlackhole())

@@ -1,14 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { readdir, readFile } from 'node:fs/promises'
-import { join } from 'node:path'
 import { request as httpRequest } from 'node:http'
 import { connect, type Socket } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { narInfoText, randomHashPart } from '../narinfo-text.js'
 import { spawnPoller } from '../poll.js'
-import { BENCH_DIR, type Sample } from '../results.js'
-import { nixAvailable, nixSandbox, serveCacheDir } from '../nix.js'
+import { FIXTURE_CACHE, fixtureClosure, nixAvailable, nixSandbox, serveCacheDir } from '../nix.js'
+import type { Sample } from '../results.js'
 import type { Scenario } from '../scenario.js'
 import { spawnNarServer, type ServedNar } from '../server.js'
 import { MiB, formatSize, median, round } from '../stats.js'
@@ -123,10 +122,28 @@ async function metric(url: string, name: string): Promise<number> {
   return sum
 }
 
-/** The checked-in, Nix-made fixture cache: 20 paths under closure-root, signed. */
-const FIXTURES = join(BENCH_DIR, '..', 'test', 'fixtures')
 /** Interleaved rounds of the real `nix copy`, quiet and beside slowloris. */
 const NIX_ROUNDS = 5
+
+/**
+ * Times `measure` alone and beside SLOWLORIS connections to `url` that never finish their head, `rounds`
+ * times each, interleaved, so that a change in the machine's load falls on both alike.
+ */
+async function besideSlowloris(url: string, rounds: number, measure: () => Promise<number>): Promise<{ quiet: number[]; loaded: number[] }> {
+  const quiet: number[] = []
+  const loaded: number[] = []
+  for (let round_ = 0; round_ < rounds; round_++) {
+    quiet.push(await measure())
+    const sockets = Array.from({ length: SLOWLORIS }, () => slowloris(url))
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    try {
+      loaded.push(await measure())
+    } finally {
+      for (const socket of sockets) socket.destroy()
+    }
+  }
+  return { quiet, loaded }
+}
 
 /**
  * Real Nix (`nix copy --from` the built proxy into a fresh store, narinfo cache of its own) of the fixture
@@ -134,17 +151,17 @@ const NIX_ROUNDS = 5
  */
 async function nixCopyBesideSlowloris(signal: AbortSignal): Promise<{ quiet: number[]; loaded: number[] } | string> {
   if (!nixAvailable()) return 'nix copy beside slowloris: no `nix` on PATH (Debian: apt-get install nix-bin)'
-  const manifest = JSON.parse(await readFile(join(FIXTURES, 'cache.json'), 'utf8')) as { publicKey: string; paths: { name: string; storePath: string }[] }
-  const root = manifest.paths.find((p) => p.name === 'closure-root')
-  if (!root) return 'nix copy beside slowloris: no closure-root in test/fixtures/cache.json'
-  const origin = await serveCacheDir(join(FIXTURES, 'cache'))
+  const root = await fixtureClosure()
+  if (typeof root === 'string') return `nix copy beside slowloris: ${root}`
+  const origin = await serveCacheDir(FIXTURE_CACHE)
   const sandbox = await nixSandbox()
   const proxy = await startProxy(origin.url)
   try {
     const copy = async (): Promise<number> => {
+      signal.throwIfAborted()
       const run = await sandbox.run(
         'nix',
-        (store) => ['copy', '--from', proxy.url, '--to', store, root.storePath, '--option', 'trusted-public-keys', manifest.publicKey],
+        (store) => ['copy', '--from', proxy.url, '--to', store, root.storePath, '--option', 'trusted-public-keys', root.publicKey],
         { timeoutMs: 120_000, signal },
       )
       if (run.code !== 0) throw new Error(`nix copy failed: ${run.stderr.slice(-500)}`)
@@ -152,20 +169,7 @@ async function nixCopyBesideSlowloris(signal: AbortSignal): Promise<{ quiet: num
     }
     // A first copy fills the proxy's narinfo cache, as it is for every round after.
     await copy()
-    const quiet: number[] = []
-    const loaded: number[] = []
-    for (let round_ = 0; round_ < NIX_ROUNDS; round_++) {
-      signal.throwIfAborted()
-      quiet.push(await copy())
-      const sockets = Array.from({ length: SLOWLORIS }, () => slowloris(proxy.url))
-      await new Promise((resolve) => setTimeout(resolve, 500))
-      try {
-        loaded.push(await copy())
-      } finally {
-        for (const socket of sockets) socket.destroy()
-      }
-    }
-    return { quiet, loaded }
+    return await besideSlowloris(proxy.url, NIX_ROUNDS, copy)
   } finally {
     await proxy.stop()
     await sandbox.close()
@@ -244,15 +248,7 @@ export const proxyLoad: Scenario = {
       const sample = many.slice(0, 6)
       try {
         await pass(proxy.url, sample)
-        const quiet: number[] = []
-        const loaded: number[] = []
-        for (let round_ = 0; round_ < 3; round_++) {
-          quiet.push(await pass(proxy.url, sample))
-          const sockets = Array.from({ length: SLOWLORIS }, () => slowloris(proxy.url))
-          await new Promise((resolve) => setTimeout(resolve, 500))
-          loaded.push(await pass(proxy.url, sample))
-          for (const socket of sockets) socket.destroy()
-        }
+        const { quiet, loaded } = await besideSlowloris(proxy.url, 3, () => pass(proxy.url, sample))
         const ratio = round(median(loaded) / median(quiet))
         rows.push({ case: `a pass of 6 NARs beside ${SLOWLORIS} slowloris connections`, 'quiet ms p50': round(median(quiet)), 'slowloris ms p50': round(median(loaded)), ratio })
         ratios.push({ id: 'proxy-load/slowloris-ratio', label: `pass time with ${SLOWLORIS} slowloris / without`, value: ratio })
