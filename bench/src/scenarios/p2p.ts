@@ -41,8 +41,11 @@ export type IpfsProfile = Exclude<ProfileName, 'dead'> | 'loopback'
 export interface IpfsRig {
   /** Adds a file to the publishing node (recording the mapping when it is more than one block). */
   publish(bytes: Uint8Array): Promise<{ fileHash: string; singleBlock: boolean }>
-  /** An ipfsBackend on a fetching node whose one connection to the publisher crosses `profile`. */
-  backend(profile: IpfsProfile, name?: string): Promise<NarBackend>
+  /**
+   * An ipfsBackend on a fetching node whose one connection to the publisher crosses `profile`; the node is
+   * shared by profile unless `fresh`, which starts one with an empty blockstore.
+   */
+  backend(profile: IpfsProfile, name?: string, fresh?: boolean): Promise<NarBackend>
 }
 
 /**
@@ -89,11 +92,11 @@ export async function startIpfsRig(closer: Closer, signal: AbortSignal): Promise
         // A file of one block needs no mapping: it is found by the raw CID of its FileHash.
         return ipfs.module.publishToIpfs(bytes, { helia: provider, ...(bytes.length > 1024 * 1024 ? { index: mappings } : {}) })
       },
-      async backend(profile, name = 'ipfs') {
-        let fetcher = fetchers.get(profile)
+      async backend(profile, name = 'ipfs', fresh = false) {
+        let fetcher = fresh ? undefined : fetchers.get(profile)
         if (!fetcher) {
           fetcher = await node()
-          fetchers.set(profile, fetcher)
+          if (!fresh) fetchers.set(profile, fetcher)
           if (profile === 'loopback') await fetcher.libp2p.dial(address, { signal })
           else {
             const link = closer.add(await startShaper({ target: { host: '127.0.0.1', port: providerPort }, profile: PROFILES[profile] }))
