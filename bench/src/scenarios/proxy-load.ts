@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { readdir, readFile } from 'node:fs/promises'
+import { readdir, readFile, readlink } from 'node:fs/promises'
 import { request as httpRequest } from 'node:http'
 import { connect, type Socket } from 'node:net'
 import { fileURLToPath } from 'node:url'
@@ -65,6 +65,32 @@ async function memory(pid: number): Promise<{ rss: number; peak: number }> {
 }
 
 const openFiles = async (pid: number): Promise<number> => (await readdir(`/proc/${pid}/fd`)).length
+
+/**
+ * The process's open TCP connections by what they are: accepted on `port` (clients), or dialled to
+ * `upstreamPort`; from its descriptors' socket inodes and the kernel's table in /proc/net/tcp.
+ */
+async function connections(pid: number, port: number, upstreamPort: number): Promise<{ clients: number; upstream: number }> {
+  const inodes = new Set<string>()
+  for (const fd of await readdir(`/proc/${pid}/fd`)) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')
+    const match = /^socket:\[(\d+)\]$/.exec(target)
+    if (match) inodes.add(match[1]!)
+  }
+  const result = { clients: 0, upstream: 0 }
+  for (const table of ['tcp', 'tcp6']) {
+    const text = await readFile(`/proc/${pid}/net/${table}`, 'utf8').catch(() => '')
+    for (const line of text.split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/)
+      if (fields.length < 10 || !inodes.has(fields[9]!) || fields[3] === '0A') continue
+      const localPort = parseInt(fields[1]!.split(':')[1]!, 16)
+      const remotePort = parseInt(fields[2]!.split(':')[1]!, 16)
+      if (localPort === port) result.clients++
+      else if (remotePort === upstreamPort) result.upstream++
+    }
+  }
+  return result
+}
 
 /** GETs a URL over its own connection and reads it all; resolves with the status and the bytes read. */
 function fetchAll(url: string, hangUpAfter?: number): Promise<{ status: number; bytes: number; complete: boolean }> {
@@ -266,9 +292,18 @@ export const proxyLoad: Scenario = {
           await new Promise((resolve) => setTimeout(resolve, 100))
           after = await openFiles(proxy.child.pid!)
         }
-        rows.push({ case: `${HANGUPS} clients hanging up at random points`, 'fds before': before, 'fds after': after })
+        const open = await connections(proxy.child.pid!, Number(new URL(proxy.url).port), Number(new URL(server.url).port))
+        rows.push({
+          case: `${HANGUPS} clients hanging up at random points`,
+          'fds before': before,
+          'fds after': after,
+          'client connections after': open.clients,
+          'upstream connections after': open.upstream,
+        })
         ratios.push({ id: 'proxy-load/hangup-fds-delta', label: `open descriptors after ${HANGUPS} hang-ups minus before`, value: after - before })
-        log(`hang-ups: fds ${before} → ${after}`)
+        ratios.push({ id: 'proxy-load/hangup-client-connections', label: `client connections still open after ${HANGUPS} hang-ups (goal 0)`, value: open.clients })
+        ratios.push({ id: 'proxy-load/hangup-upstream-connections', label: 'upstream keep-alive connections then (at most --max-connections, 25)', value: open.upstream })
+        log(`hang-ups: fds ${before} → ${after}; connections open: ${open.clients} from clients, ${open.upstream} to the upstream`)
       } finally {
         await proxy.stop()
       }
@@ -300,6 +335,7 @@ export const proxyLoad: Scenario = {
         '/nix-cache-info is asked every 20 ms, each time over a new connection, by a process of its own while the clients read: timed as another client (Nix) sees it, not through the bench\'s event loop, which is busy reading 500 bodies (timed from there, the same proxy answers within seconds).',
         `Upstream downloads are counted by the proxy's narrace_backend_wins_total: one per race.`,
         `Slowloris connections send a request head one byte every 5 s; the proxy cuts heads after 10 s. Every client has a ${CLIENT_TIMEOUT_MS / 1000} s timeout.`,
+        'After the hang-ups, the proxy\'s connections are counted from its descriptors and /proc/net/tcp: accepted from clients, and dialled to the upstream, which undici keeps alive for as long as the upstream allows (60 s for the bench cache), at most --max-connections.',
         'The nix copy row: real Nix (nix-bin, no daemon) copies closure-root and its 19 references from the checked-in Nix-made fixture cache through a fresh built proxy into a fresh store each time, signatures checked; quiet and slowloris rounds alternate after one warm-up copy.',
       ],
       ratios,

@@ -9,13 +9,34 @@ export class TurnPacer {
   private used = 0
   private readonly waiting: { units: number; go: () => void }[] = []
   private scheduled = false
+  /** The current turn was given to other work: nothing goes in it. */
+  private yielding = false
+  /** Turns given up in a row. */
+  private yielded = 0
 
-  constructor(readonly perTurn: number) {}
+  /**
+   * @param perTurn units that may go in one turn
+   * @param maxYieldedTurns turns that `yieldTurn()` may take in a row; the one after goes as usual
+   */
+  constructor(
+    readonly perTurn: number,
+    readonly maxYieldedTurns = 0,
+  ) {}
+
+  /**
+   * Gives the current turn to other work: nothing goes in it, unless `maxYieldedTurns` turns in a row were
+   * given up already, so that a steady stream of that work never starves the takers.
+   */
+  yieldTurn(): void {
+    if (this.yielded >= this.maxYieldedTurns) return
+    this.yielding = true
+    this.schedule()
+  }
 
   /** Resolves when `units` may go: at once while this turn has room, else in a later turn. */
   take(units: number): Promise<void> | undefined {
     this.schedule()
-    if (this.waiting.length === 0 && this.used < this.perTurn) {
+    if (!this.yielding && this.waiting.length === 0 && this.used < this.perTurn) {
       this.used += units
       return undefined
     }
@@ -32,6 +53,15 @@ export class TurnPacer {
   private turn(): void {
     this.scheduled = false
     this.used = 0
+    if (this.yielding) {
+      this.yielding = false
+      if (this.waiting.length > 0) {
+        this.yielded++
+        this.schedule()
+        return
+      }
+    }
+    this.yielded = 0
     while (this.waiting.length > 0 && this.used < this.perTurn) {
       const next = this.waiting.shift()!
       this.used += next.units

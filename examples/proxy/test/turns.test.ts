@@ -19,6 +19,27 @@ describe('TurnPacer', () => {
     expect(order).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
   })
 
+  it('starts nothing in a turn given to other work, and gives up at most maxYieldedTurns in a row', async () => {
+    const pacer = new TurnPacer(10, 2)
+    let went = 0
+    pacer.yieldTurn()
+    const taken = pacer.take(1)
+    expect(taken).toBeInstanceOf(Promise)
+    void taken!.then(() => went++)
+    await nextTurn()
+    expect(went).toBe(0)
+    pacer.yieldTurn()
+    await nextTurn()
+    expect(went).toBe(0)
+    // A third turn in a row is not given up: the taker goes.
+    pacer.yieldTurn()
+    await nextTurn()
+    expect(went).toBe(1)
+    // The count starts again after a turn that went as usual.
+    pacer.yieldTurn()
+    expect(pacer.take(1)).toBeInstanceOf(Promise)
+  })
+
   it('never makes a writer wait while the turn has room and nobody waits', () => {
     const pacer = new TurnPacer(1000)
     expect(pacer.take(10)).toBeUndefined()
