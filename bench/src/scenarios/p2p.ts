@@ -3,7 +3,7 @@ import type { NarBackend } from '@narrace/core'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import type { Closer } from '../caches.js'
+import { Closer } from '../caches.js'
 import { fileHash, makeNar } from '../data.js'
 import { timeResolve } from '../measure.js'
 import { loadHttp, loadIndex, loadIpfs, loadTorrent, type Loaded, type TorrentClient } from '../optional.js'
@@ -43,7 +43,8 @@ export interface IpfsRig {
   publish(bytes: Uint8Array): Promise<{ fileHash: string; singleBlock: boolean }>
   /**
    * An ipfsBackend on a fetching node whose one connection to the publisher crosses `profile`; the node is
-   * shared by profile unless `fresh`, which starts one with an empty blockstore.
+   * shared by profile unless `fresh`, which starts one with an empty blockstore, stopped with its link when
+   * the backend is closed.
    */
   backend(profile: IpfsProfile, name?: string, fresh?: boolean): Promise<NarBackend>
 }
@@ -64,7 +65,7 @@ export async function startIpfsRig(closer: Closer, signal: AbortSignal): Promise
     import('@chainsafe/libp2p-yamux'),
     import('@libp2p/identify'),
   ])
-  const node = async () => {
+  const node = async (owner: Closer) => {
     const helia = await createHelia({
       libp2p: {
         addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
@@ -76,11 +77,11 @@ export async function startIpfsRig(closer: Closer, signal: AbortSignal): Promise
       },
       http: { delegatedRouters: [], recursiveGateways: [] },
     })
-    closer.add({ close: async () => void (await helia.stop()) })
+    owner.add({ close: async () => void (await helia.stop()) })
     await helia.start()
     return helia
   }
-  const provider = await node()
+  const provider = await node(closer)
   const address = provider.libp2p.getMultiaddrs()[0]!
   const providerPort = Number(/\/tcp\/(\d+)/.exec(address.toString())![1])
   const mappings = closer.add(index.module.openIndex())
@@ -93,18 +94,21 @@ export async function startIpfsRig(closer: Closer, signal: AbortSignal): Promise
         return ipfs.module.publishToIpfs(bytes, { helia: provider, ...(bytes.length > 1024 * 1024 ? { index: mappings } : {}) })
       },
       async backend(profile, name = 'ipfs', fresh = false) {
+        // A fresh node must not go on working (blocks still arriving, its link) during later runs.
+        const owner = fresh ? closer.add(new Closer()) : closer
         let fetcher = fresh ? undefined : fetchers.get(profile)
         if (!fetcher) {
-          fetcher = await node()
+          fetcher = await node(owner)
           if (!fresh) fetchers.set(profile, fetcher)
           if (profile === 'loopback') await fetcher.libp2p.dial(address, { signal })
           else {
-            const link = closer.add(await startShaper({ target: { host: '127.0.0.1', port: providerPort }, profile: PROFILES[profile] }))
+            const link = owner.add(await startShaper({ target: { host: '127.0.0.1', port: providerPort }, profile: PROFILES[profile] }))
             const rest = address.toString().slice(address.toString().indexOf('/p2p/'))
             await fetcher.libp2p.dial(address.decapsulate('/tcp').encapsulate(`/tcp/${link.port}${rest}`), { signal })
           }
         }
-        return ipfs.module.ipfsBackend({ helia: fetcher, index: mappings, name })
+        const backend = ipfs.module.ipfsBackend({ helia: fetcher, index: mappings, name })
+        return fresh ? { ...backend, close: () => owner.close() } : backend
       },
     },
   }

@@ -35,11 +35,12 @@ export const MAX_HEADER_BYTES = 16 * 1024
  */
 export const REQUEST_STARTS_PER_TURN = 16
 /**
- * Turns in a row in which no request starts because the proxy accepted a connection. libuv accepts one
- * connection per turn (libuv#3696), so a burst of connections queues in the kernel and a `/nix-cache-info`
- * behind it waits for every turn before its own; request starts made those turns long (about 0.2 ms
- * each). With 500 clients at once, the slowest `/nix-cache-info` went from 55-297 ms (median 110 over six
- * runs) to 19-53 ms (median 34 over six runs). The bound keeps a stream of connections from starving the
+ * Turns in a row in which no request starts once the proxy accepted a connection (a request parsed earlier
+ * in the same turn, with none waiting, still starts). libuv accepts one connection per turn (libuv#3696),
+ * so a burst of connections queues in the kernel and a `/nix-cache-info` behind it waits for every turn
+ * before its own; request starts made those turns long (about 0.2 ms each). With 500 clients at once, the
+ * slowest `/nix-cache-info` went from 55-297 ms (median 110 over six paired runs) to 19-53 ms (median 34);
+ * three bench runs later gave 23, 251 and 72 ms. The bound keeps a stream of connections from starving the
  * requests already in.
  * @default 64
  */

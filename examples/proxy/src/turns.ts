@@ -24,8 +24,10 @@ export class TurnPacer {
   ) {}
 
   /**
-   * Gives the current turn to other work: nothing goes in it, unless `maxYieldedTurns` turns in a row were
-   * given up already, so that a steady stream of that work never starves the takers.
+   * Gives the rest of the current turn to other work: nothing that asks from now on goes in it, nor do the
+   * waiting takers, unless `maxYieldedTurns` turns in a row were given up already, so that a steady stream
+   * of that work never starves them (a taker waits at most about `maxYieldedTurns + 1` turns per
+   * `perTurn` units ahead of it).
    */
   yieldTurn(): void {
     if (this.yielded >= this.maxYieldedTurns) return
@@ -33,7 +35,7 @@ export class TurnPacer {
     this.schedule()
   }
 
-  /** Resolves when `units` may go: at once while this turn has room, else in a later turn. */
+  /** Resolves when `units` may go: at once while this turn has room and was not given up, else in a later turn. */
   take(units: number): Promise<void> | undefined {
     this.schedule()
     if (!this.yielding && this.waiting.length === 0 && this.used < this.perTurn) {

@@ -40,6 +40,12 @@ describe('TurnPacer', () => {
     expect(pacer.take(1)).toBeInstanceOf(Promise)
   })
 
+  it('gives up no turn when maxYieldedTurns is 0, as for the byte pacer', () => {
+    const pacer = new TurnPacer(100)
+    pacer.yieldTurn()
+    expect(pacer.take(10)).toBeUndefined()
+  })
+
   it('never makes a writer wait while the turn has room and nobody waits', () => {
     const pacer = new TurnPacer(1000)
     expect(pacer.take(10)).toBeUndefined()
