@@ -19,6 +19,7 @@ import { routeRequest, type Route } from './routes.js'
 import { learnNarInfo, servedNarInfo } from './served-narinfo.js'
 import { spoolDirectory } from './spool.js'
 import type { ProxyStore } from './store-wiring.js'
+import { DEFAULT_LISTEN_SOCKETS, listenOn, type ExtraListeners } from './listeners.js'
 import { TurnPacer } from './turns.js'
 import { perUpstreamUrls, type UpstreamNames } from './upstream-backends.js'
 
@@ -36,12 +37,12 @@ export const MAX_HEADER_BYTES = 16 * 1024
 export const REQUEST_STARTS_PER_TURN = 16
 /**
  * Turns in a row in which no request starts once the proxy accepted a connection (a request parsed earlier
- * in the same turn, with none waiting, still starts). libuv accepts one connection per turn (libuv#3696),
- * so a burst of connections queues in the kernel and a `/nix-cache-info` behind it waits for every turn
- * before its own; request starts made those turns long (about 0.2 ms each). With 500 clients at once, the
- * slowest `/nix-cache-info` went from 55-297 ms (median 110 over six paired runs) to 19-53 ms (median 34);
- * three bench runs later gave 23, 251 and 72 ms. The bound keeps a stream of connections from starving the
- * requests already in.
+ * in the same turn, with none waiting, still starts). libuv accepts one connection per listening socket per
+ * turn (libuv#3696; see `listeners.ts`), so a burst of connections queues in the kernel and a
+ * `/nix-cache-info` behind it waits for every turn before its own; request starts made those turns long
+ * (about 0.2 ms each). With 500 clients at once and one listening socket, the slowest `/nix-cache-info`
+ * went from 55-297 ms (median 110 over six paired runs) to 19-53 ms (median 34). The bound keeps a stream
+ * of connections from starving the requests already in.
  * @default 64
  */
 export const MAX_ACCEPT_TURNS = 64
@@ -70,6 +71,8 @@ export interface ProxyOptions {
   dynamicBackends?: () => NarBackend[]
   /** @default { host: '127.0.0.1', port: 0 } */
   listen?: { host: string; port: number }
+  /** Sockets listening on that one address (SO_REUSEPORT), so that a burst of connections is accepted sooner. @default DEFAULT_LISTEN_SOCKETS */
+  listenSockets?: number
   /** NARs at or below this many bytes are verified whole before the first byte goes out. @default 8 MiB */
   verifyFirstBelow?: number
   /** The `Priority` in nix-cache-info. @default 30 */
@@ -172,7 +175,8 @@ export function createProxy(options: ProxyOptions): Proxy {
   })
   const verifyFirstBelow = options.verifyFirstBelow ?? DEFAULT_VERIFY_FIRST_BELOW
   const priority = options.priority ?? DEFAULT_PRIORITY
-  const listenOn = options.listen ?? { host: '127.0.0.1', port: 0 }
+  const listenAt = options.listen ?? { host: '127.0.0.1', port: 0 }
+  let extraListeners: ExtraListeners | undefined
   const inFlight = new Set<AbortController>()
   /** Aborts what no single request owns (a narinfo lookup shared by several) when the proxy closes. */
   const shutdown = new AbortController()
@@ -322,8 +326,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     },
     async listen(): Promise<string> {
       await cacheInfo.start()
-      server.listen(listenOn.port, listenOn.host)
-      await once(server, 'listening')
+      extraListeners = await listenOn(server, listenAt.host, listenAt.port, options.listenSockets ?? DEFAULT_LISTEN_SOCKETS)
       const address = server.address() as AddressInfo
       const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
       url = `http://${host}:${address.port}`
@@ -332,6 +335,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     async shutdown(graceMs: number): Promise<void> {
       // No new connections; idle keep-alive ones go now, busy ones once their answer is out.
       server.close()
+      void extraListeners?.close()
       server.closeIdleConnections()
       const idle = setInterval(() => server.closeIdleConnections(), 100)
       try {
@@ -358,8 +362,10 @@ export function createProxy(options: ProxyOptions): Proxy {
         narRoute.downloads.abortAll(new Error('the proxy is closing'))
         const closed = server.listening ? once(server, 'close') : Promise.resolve()
         if (server.listening) server.close()
+        const extrasClosed = extraListeners?.close()
         server.closeAllConnections()
         await closed
+        await extrasClosed
         await Promise.all([...upstreams.values()].map((backend) => backend.close()))
         if (options.spoolDir === undefined) await rm(spoolDir, { recursive: true, force: true })
         if (ownIndex) index.close()

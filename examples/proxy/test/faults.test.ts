@@ -103,6 +103,9 @@ describe('the proxy under load and faults', () => {
     for (const end = Date.now() + 5000; requests < 10 && Date.now() < end; )
       await new Promise((resolve) => setTimeout(resolve, 10))
     const stopped = proxy.shutdown(10_000)
+    // Every listening socket stops at once, while the downloads go on.
+    const refused = await Promise.allSettled(Array.from({ length: 16 }, () => get(`${proxy.url}/nix-cache-info`)))
+    expect(refused.map((attempt) => attempt.status)).toEqual(Array(16).fill('rejected'))
     const answers = await Promise.all(downloads)
     for (const answer of answers) {
       expect(answer.error).toBeUndefined()
