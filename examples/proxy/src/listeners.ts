@@ -50,7 +50,7 @@ export async function listenOn(server: Server, host: string, port: number, count
       extras.push(extra)
     }
   } catch {
-    // A platform without SO_REUSEPORT for this address: the server's own socket does it all, as before.
+    // A platform without SO_REUSEPORT for this address: the sockets bound so far (at least the server's own) serve.
   }
   let closing: Promise<void> | undefined
   return {
