@@ -1,4 +1,5 @@
 import type { NarLocation } from './location.js'
+import { isBusy } from './schema.js'
 
 /** One write to the index, as queued. `at` is when it was asked for. */
 export type IndexOp =
@@ -16,12 +17,6 @@ export const MAX_RETRY_DELAY_MS = 5_000
  * memory must stay bounded while the file stays locked. @default 100000
  */
 export const MAX_QUEUED_WRITES = 100_000
-
-/** The error SQLite gives when another connection holds the lock and the busy timeout is 0. */
-function isBusy(error: unknown): boolean {
-  const errcode = (error as { errcode?: unknown } | undefined)?.errcode
-  return errcode === 5 || errcode === 6 || /database is (?:locked|busy)/i.test(String((error as Error)?.message))
-}
 
 /**
  * Gathers writes and commits them in batches off the caller's path. A commit that finds the file locked

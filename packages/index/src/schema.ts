@@ -63,8 +63,7 @@ export function openDatabase(path: string, busyTimeoutMs: number): DatabaseSync 
   try {
     // The busy timeout comes first: switching to WAL itself may have to wait for another process.
     db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`)
-    const mode = (db.prepare('PRAGMA journal_mode').get() as { journal_mode: string }).journal_mode
-    if (mode !== 'wal' && mode !== 'memory') db.exec('PRAGMA journal_mode = WAL')
+    useWal(db, busyTimeoutMs)
     db.exec('PRAGMA synchronous = NORMAL')
     const found = versionOf(db)
     checkNotNewer(found)
@@ -74,6 +73,34 @@ export function openDatabase(path: string, busyTimeoutMs: number): DatabaseSync 
     throw error
   }
   return db
+}
+
+/** The error SQLite gives when another connection holds the lock it needs (SQLITE_BUSY, SQLITE_LOCKED). */
+export function isBusy(error: unknown): boolean {
+  const errcode = (error as { errcode?: unknown } | undefined)?.errcode
+  return errcode === 5 || errcode === 6 || /database is (?:locked|busy)/i.test(String((error as Error)?.message))
+}
+
+/**
+ * Puts a new file in WAL mode. Two processes that open one new file at once may both try: each holds a
+ * shared lock and wants the exclusive one, and SQLite answers one of them SQLITE_BUSY at once, without
+ * its busy handler, since waiting would deadlock. That one lets go, waits a moment and looks again:
+ * the other has switched the file by then. Bounded by the busy timeout, like any other wait for a lock.
+ */
+function useWal(db: DatabaseSync, busyTimeoutMs: number): void {
+  const deadline = Date.now() + busyTimeoutMs
+  for (let attempt = 0; ; attempt++) {
+    const mode = (db.prepare('PRAGMA journal_mode').get() as { journal_mode: string }).journal_mode
+    if (mode === 'wal' || mode === 'memory') return
+    try {
+      db.exec('PRAGMA journal_mode = WAL')
+      return
+    } catch (error) {
+      if (!isBusy(error) || Date.now() >= deadline) throw error
+      // A synchronous pause: opening is synchronous, and this happens once, for a file nobody has set up.
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Math.min(5 * 2 ** attempt, 100))
+    }
+  }
 }
 
 function migrate(db: DatabaseSync): void {
