@@ -114,6 +114,7 @@ export class SourceStream {
       if (this.end !== undefined) request.end = this.end
       if (this.context.fileSize !== undefined) request.size = this.context.fileSize
       if (this.context.url !== undefined) request.url = this.context.url
+      request.queued = (waiting) => this.queued(waiting)
       const fetching = (async () => this.backend.fetch(this.context.hash, request))()
       const source = await this.guard(fetching).catch((error: unknown) => {
         // A backend that answers after all, despite the abort or stall, still gets its body closed.
@@ -131,7 +132,19 @@ export class SourceStream {
       throw error
     } finally {
       this.endWait()
+      this.connecting = false
     }
+  }
+
+  /** Until connect() is over, the backend's own queue: the watchdog stops while the request waits there. */
+  private connecting = true
+  private inQueue = false
+
+  private queued(waiting: boolean): void {
+    if (!this.connecting || this.closed || waiting === this.inQueue) return
+    this.inQueue = waiting
+    if (waiting) this.endWait()
+    else this.beginWait()
   }
 
   /** The next chunk at `position`, or undefined at the body's end or at `end`. */

@@ -15,6 +15,12 @@ export interface NarFetchOptions {
   size?: number
   /** The narinfo URL (`nar/<nix32>.nar.xz`), relative to a binary cache. */
   url?: string
+  /**
+   * For a backend that holds requests back in a queue of its own (a cap on its connections): call it with
+   * `true` when the request starts to wait there and `false` when it goes out. The stall watchdog stands
+   * still in between, since that wait is this process's doing, not the source's.
+   */
+  queued?: (waiting: boolean) => void
 }
 
 /** One source of a file's bytes. Backends map the FileHash to their own address. */

@@ -281,6 +281,25 @@ describe('resolveNar: fail-over', () => {
     expect(only.calls).toHaveLength(1)
   })
 
+  it('stops the stall watchdog while a backend says its request waits in a queue of its own', async () => {
+    const queuedFor = (name: string, waitMs: number, sends: boolean): NarBackend => ({
+      name,
+      async fetch(_hash, options) {
+        options.queued?.(true)
+        await delay(waitMs)
+        options.queued?.(false)
+        if (!sends) await new Promise((_, reject) => options.signal.addEventListener('abort', () => reject(options.signal.reason)))
+        return { offset: 0, body: (async function* () { yield data })() }
+      },
+    })
+    // Four times the stall timeout in the queue, then an answer: served.
+    const stream = await resolveNar(hash, { backends: [queuedFor('queued', 400, true)], stallTimeoutMs: 100 })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+    // Out of the queue, the clock runs again: a source that then sends nothing stalls.
+    const error = await resolveNar(hash, { backends: [queuedFor('silent', 200, false)], stallTimeoutMs: 100 }).catch((e: unknown) => e)
+    expect((error as NarUnavailableError).errors[0]).toBeInstanceOf(NarStallError)
+  })
+
   it('treats a source that sends no byte within stallTimeoutMs as failed', async () => {
     const silent = scripted('silent', data, { stallAt: 0 })
     const error = await resolveNar(hash, { backends: [silent], stallTimeoutMs: 50 }).catch((e: unknown) => e)

@@ -68,7 +68,7 @@ export function httpBackend(options: HttpBackendOptions): HttpBackend {
       if (end !== undefined) headers.range = `bytes=${offset}-${end - 1}`
       else if (offset > 0) headers.range = `bytes=${offset}-`
 
-      const { response, url } = await upstream.get(target, { headers, signal })
+      const { response, url } = await upstream.get(target, { headers, signal, queued: fetchOptions?.queued })
       const body = response.body
       try {
         const source = checkResponse(response, { offset, end, size, url: url.href, name })

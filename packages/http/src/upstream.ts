@@ -23,6 +23,55 @@ const ENCODED_SEPARATOR = /%(2e|2f|5c|00)/i
 
 const noop = (): void => {}
 
+/**
+ * Tells a request's `queued` hook that it waits (from its dispatch to the pool) and that it goes out (when
+ * undici starts it on a connection): a request may wait long behind the cap on connections, and that wait
+ * is no fault of the cache. Each redirect hop waits again.
+ */
+const queueWatch: Dispatcher.DispatcherComposeInterceptor = (dispatch) => (opts, handler) => {
+  const queued = (opts as { queued?: (waiting: boolean) => void }).queued
+  if (!queued) return dispatch(opts, handler)
+  queued(true)
+  return dispatch(opts, new StartWatch(handler, () => queued(false)))
+}
+
+type Callbacks = Required<Dispatcher.DispatchHandler>
+
+/** Forwards every callback to `handler`, and calls `started` when the request goes out on a connection. */
+class StartWatch implements Dispatcher.DispatchHandler {
+  constructor(
+    private readonly handler: Dispatcher.DispatchHandler,
+    private readonly started: () => void,
+  ) {}
+
+  onRequestStart(...args: Parameters<Callbacks['onRequestStart']>): void {
+    this.started()
+    this.handler.onRequestStart?.(...args)
+  }
+
+  onRequestUpgrade(...args: Parameters<Callbacks['onRequestUpgrade']>): void {
+    this.handler.onRequestUpgrade?.(...args)
+  }
+
+  onResponseStart(...args: Parameters<Callbacks['onResponseStart']>): void {
+    this.handler.onResponseStart?.(...args)
+  }
+
+  onResponseData(...args: Parameters<Callbacks['onResponseData']>): void {
+    this.handler.onResponseData?.(...args)
+  }
+
+  onResponseEnd(...args: Parameters<Callbacks['onResponseEnd']>): void {
+    this.handler.onResponseEnd?.(...args)
+  }
+
+  onResponseError(...args: Parameters<Callbacks['onResponseError']>): void {
+    // A request that failed before it went out (a refused connection) waits no more either.
+    this.started()
+    this.handler.onResponseError?.(...args)
+  }
+}
+
 /** One binary cache, with what it may be asked and what it is sent. A plain URL string means `{ url }`. */
 export interface UpstreamOptions {
   /** The binary cache, e.g. `https://cache.nixos.org` or `http://host/cache/`. */
@@ -185,7 +234,11 @@ export class HttpUpstream {
       }
       return dispatch({ ...opts, headers: this.#headersFor(url.origin, opts.headers) }, handler)
     }
-    this.dispatcher = (options.dispatcher ?? this.#agent!).compose(guard, interceptors.redirect({ maxRedirections: MAX_REDIRECTS }))
+    this.dispatcher = (options.dispatcher ?? this.#agent!).compose(
+      queueWatch,
+      guard,
+      interceptors.redirect({ maxRedirections: MAX_REDIRECTS }),
+    )
   }
 
   /** Why narrace may not fetch `url` for this cache, or undefined when it may. */
@@ -229,14 +282,16 @@ export class HttpUpstream {
    */
   async get(
     target: URL,
-    options: { headers: Record<string, string>; signal: AbortSignal | undefined },
+    options: { headers: Record<string, string>; signal: AbortSignal | undefined; queued?: ((waiting: boolean) => void) | undefined },
   ): Promise<{ response: Dispatcher.ResponseData; url: URL }> {
-    const { signal } = options
+    const { signal, queued } = options
     signal?.throwIfAborted()
     const settle = this.health.admit()
     let response: Dispatcher.ResponseData
     try {
-      response = await request(target, { dispatcher: this.dispatcher, method: 'GET', headers: options.headers, signal })
+      // `queued` rides along in the options, which undici hands to every interceptor, for queueWatch.
+      const dispatch = { dispatcher: this.dispatcher, method: 'GET', headers: options.headers, signal, ...(queued && { queued }) }
+      response = await request<null>(target, dispatch as Parameters<typeof request<null>>[1])
     } catch (error) {
       settle(signal?.aborted ? 'none' : isConnectionFailure(error) ? 'connection-failed' : 'answered', error)
       throw requestError(error, target.href, this.name, signal)

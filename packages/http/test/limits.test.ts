@@ -39,6 +39,22 @@ describe('connections and statuses', () => {
     expect(() => httpBackend({ url: cache.url, connections: 1.5 })).toThrow(RangeError)
   })
 
+  it('does not count the wait for one of its connections as a stall of the upstream', async () => {
+    // One connection, each answer's first byte 250 ms late: the fifth download waits about a second for
+    // the connection, well past the stall timeout, and then gets its first byte within it.
+    const http = backend({ url: cache.url, connections: 1 })
+    cache.setFaults({ firstByteDelayMs: 250 })
+    const hash = parseNarHash(small.fileHash)
+    const downloads = Array.from({ length: 5 }, async () => {
+      const stream = await resolveNar(hash, { backends: [http], stallTimeoutMs: 600, size: small.fileSize })
+      let bytes = 0
+      for await (const chunk of stream) bytes += chunk.byteLength
+      return bytes
+    })
+    expect(await Promise.all(downloads)).toEqual(Array(5).fill(small.fileSize))
+    expect(cache.requests).toHaveLength(5)
+  })
+
   it.each([404, 410, 403])('takes %i as "not here", for a NAR and a narinfo', async (status) => {
     const http = backend({ url: cache.url })
     cache.setFaults({ status })
