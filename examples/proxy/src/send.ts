@@ -14,9 +14,12 @@ export const WRITE_SLICE_BYTES = 64 * 1024
 
 /**
  * Sends the status and `headers`, then `body`, in slices of at most `WRITE_SLICE_BYTES`, each one paced
- * and each waiting for the socket to drain; ends the response and waits until it is out. A client waits
- * for its turn before it pulls the next chunk, so that a waiting client holds no read buffer. Throws on
- * abort, on the client's going away, and with `body`'s own error (the caller then cuts the connection).
+ * and each waiting for the socket to drain; ends the response and waits until it is out. With a
+ * `content-length`, it ends as soon as that many bytes are written, without waiting a turn for the body's
+ * own end: a client that has every byte closes at once, and a response it closed before the proxy ended
+ * it counted as aborted. A client waits for its turn before it pulls the next chunk, so that a waiting
+ * client holds no read buffer. Throws on abort, on the client's going away, and with `body`'s own error
+ * (the caller then cuts the connection).
  */
 export async function sendBody(
   res: ServerResponse,
@@ -26,6 +29,8 @@ export async function sendBody(
   signal: AbortSignal,
 ): Promise<void> {
   const chunks = body[Symbol.asyncIterator]()
+  const length = headers['content-length'] === undefined ? undefined : Number(headers['content-length'])
+  let written = 0
   try {
     for (;;) {
       await pacer.take(WRITE_SLICE_BYTES)
@@ -42,6 +47,8 @@ export async function sendBody(
         signal.throwIfAborted()
         if (!res.write(chunk.subarray(at, at + WRITE_SLICE_BYTES))) await once(res, 'drain', { signal })
       }
+      written += chunk.byteLength
+      if (length !== undefined && written >= length) break
     }
   } finally {
     await chunks.return?.()
