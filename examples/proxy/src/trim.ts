@@ -1,3 +1,6 @@
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
+
 /** How long the proxy is without a download before it first hands freed memory back to the system. @default 1000 */
 export const DEFAULT_IDLE_TRIM_MS = 1_000
 
@@ -25,6 +28,34 @@ export async function loadMallocTrim(): Promise<(() => void) | undefined> {
 }
 
 /**
+ * V8's full collection as a function, or undefined where it cannot be had. The socket buffers of a burst
+ * that lived long enough to reach the old generation stay allocated, though unreachable, until V8 next
+ * marks the whole heap, and an idle proxy allocates too little to start that for many seconds: nothing
+ * is free for `malloc_trim` to give back until then. The flag only makes `gc` a global of contexts made
+ * after it; the one made here is used for nothing else.
+ */
+export function loadCollector(): (() => void) | undefined {
+  try {
+    setFlagsFromString('--expose-gc')
+    const gc: unknown = runInNewContext('gc')
+    return typeof gc === 'function' ? () => void gc() : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** What an idle proxy runs to hand memory back: a full collection, then `malloc_trim` where there is one. */
+export async function loadIdleRelease(): Promise<(() => void) | undefined> {
+  const collect = loadCollector()
+  const trim = await loadMallocTrim()
+  if (!collect && !trim) return undefined
+  return () => {
+    collect?.()
+    trim?.()
+  }
+}
+
+/**
  * Trims the allocator's free memory while the proxy has no download: first `firstMs` after the last
  * one ended, then after waits that double up to `MAX_IDLE_TRIM_MS`. A new download stops the trims.
  */
@@ -37,7 +68,7 @@ export class IdleTrim {
   constructor(
     private readonly firstMs: number = DEFAULT_IDLE_TRIM_MS,
     /** Where the trim comes from (tests pass their own). */
-    private readonly load: () => Promise<(() => void) | undefined> = loadMallocTrim,
+    private readonly load: () => Promise<(() => void) | undefined> = loadIdleRelease,
   ) {}
 
   busy(): void {

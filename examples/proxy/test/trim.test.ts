@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
-import { IdleTrim, loadMallocTrim } from '../src/trim.js'
+import { IdleTrim, loadCollector, loadIdleRelease, loadMallocTrim } from '../src/trim.js'
 
 describe('IdleTrim', () => {
   it('trims once the proxy is idle, again after doubling waits, and stops when a download starts', async () => {
@@ -24,5 +24,20 @@ describe('IdleTrim', () => {
       expect(trim).toBeTypeOf('function')
       trim!()
     }
+  })
+
+  it('collects unreachable buffers when idle, so that the trim has them to give back', async () => {
+    const collect = loadCollector()
+    expect(collect).toBeTypeOf('function')
+    let freed = false
+    const registry = new FinalizationRegistry(() => {
+      freed = true
+    })
+    // Unreachable at once, and left alone by the young generation's collections: a large buffer.
+    ;(() => registry.register(new ArrayBuffer(32 * 1024 * 1024), 'buffer'))()
+    collect!()
+    await sleep(10)
+    expect(freed).toBe(true)
+    expect(await loadIdleRelease()).toBeTypeOf('function')
   })
 })
