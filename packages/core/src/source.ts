@@ -139,12 +139,21 @@ export class SourceStream {
   /** Until connect() is over, the backend's own queue: the watchdog stops while the request waits there. */
   private connecting = true
   private inQueue = false
+  private queuedAt = 0
 
   private queued(waiting: boolean): void {
     if (!this.connecting || this.closed || waiting === this.inQueue) return
     this.inQueue = waiting
-    if (waiting) this.endWait()
-    else this.beginWait()
+    if (waiting) {
+      this.queuedAt = performance.now()
+      this.endWait()
+      return
+    }
+    // The clock goes on from where it stood, not from 0: each redirect hop queues again, and a source
+    // must not win a fresh stall timeout for every hop.
+    const idleFrom = this.idleFrom + (performance.now() - this.queuedAt)
+    this.beginWait()
+    this.idleFrom = idleFrom
   }
 
   /** The next chunk at `position`, or undefined at the body's end or at `end`. */

@@ -111,7 +111,9 @@ export function guardedConnect(options: GuardedConnectOptions): buildConnector.c
   return (connectOptions, callback) => {
     const target = connectOptions.hostname.replace(/^\[|\]$/g, '').toLowerCase()
     if (target === host) return open(connectOptions, callback)
-    resolvesToPrivate(host, lookup).then(
+    // The cache's own lookup, under the connect timeout too: a resolver that never answers must not hold
+    // a request (and the stall watchdog, which waits for the request to go out) for ever.
+    withTimeout(resolvesToPrivate(host, lookup), timeout, `${name}: looking up ${host} took more than ${timeout} ms`).then(
       (cacheIsPrivate) => {
         if (cacheIsPrivate) return open(connectOptions, callback)
         if (isIP(target) && isPrivateAddress(target)) return callback(refused(target, target), null)
@@ -120,4 +122,13 @@ export function guardedConnect(options: GuardedConnectOptions): buildConnector.c
       (error: unknown) => callback(error as Error, null),
     )
   }
+}
+
+/** `promise`, or a rejection with `message` once `ms` have passed. */
+function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms)
+  })
+  return Promise.race([promise, expired]).finally(() => clearTimeout(timer))
 }

@@ -31,8 +31,24 @@ const noop = (): void => {}
 const queueWatch: Dispatcher.DispatcherComposeInterceptor = (dispatch) => (opts, handler) => {
   const queued = (opts as { queued?: (waiting: boolean) => void }).queued
   if (!queued) return dispatch(opts, handler)
-  queued(true)
-  return dispatch(opts, new StartWatch(handler, () => queued(false)))
+  // A hook that throws must not throw inside undici's callbacks.
+  const tell = (waiting: boolean): void => {
+    try {
+      queued(waiting)
+    } catch {
+      // The watchdog then just runs as if no queue were told of.
+    }
+  }
+  tell(true)
+  let started = false
+  return dispatch(
+    opts,
+    new StartWatch(handler, () => {
+      if (started) return
+      started = true
+      tell(false)
+    }),
+  )
 }
 
 type Callbacks = Required<Dispatcher.DispatchHandler>

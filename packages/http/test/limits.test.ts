@@ -1,4 +1,7 @@
-import { NarBackendError, NarNotFoundError, NarUnavailableError, parseNarHash, resolveNar } from '@narrace/core'
+import { NarBackendError, NarNotFoundError, NarStallError, NarUnavailableError, parseNarHash, resolveNar } from '@narrace/core'
+import { once } from 'node:events'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { backendsToClose } from './backends.js'
 import { startCacheServer, type CacheServer } from '../../../test/support/cache-server.js'
@@ -37,6 +40,26 @@ describe('connections and statuses', () => {
     expect(cache.maxInFlight).toBe(2)
     expect(() => httpBackend({ url: cache.url, connections: 0 })).toThrow(RangeError)
     expect(() => httpBackend({ url: cache.url, connections: 1.5 })).toThrow(RangeError)
+  })
+
+  it('still stalls a queued request once it went out on a connection and hears nothing', async () => {
+    // A server that never answers, one connection: the second download waits for the first's connection,
+    // then gets it and must stall too (the watchdog starts again when the request goes out).
+    const silent = createServer(() => {})
+    silent.listen(0, '127.0.0.1')
+    await once(silent, 'listening')
+    try {
+      const http = backend({ url: `http://127.0.0.1:${(silent.address() as AddressInfo).port}/`, connections: 1 })
+      const cap = AbortSignal.timeout(5_000)
+      const hash = parseNarHash(small.fileHash)
+      const errors = await Promise.all(
+        [0, 1].map(() => resolveNar(hash, { backends: [http], stallTimeoutMs: 300, signal: cap }).catch((e: unknown) => e)),
+      )
+      for (const error of errors) expect((error as NarUnavailableError).errors?.[0]).toBeInstanceOf(NarStallError)
+    } finally {
+      silent.closeAllConnections()
+      silent.close()
+    }
   })
 
   it('does not count the wait for one of its connections as a stall of the upstream', async () => {
