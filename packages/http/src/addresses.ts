@@ -1,6 +1,7 @@
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns'
 import { BlockList, isIP } from 'node:net'
 import { NarBackendError } from '@narrace/core'
+import { raceSignal } from 'race-signal'
 import { buildConnector } from 'undici'
 
 /** `dns.lookup`'s shape, as `net.connect` calls it: with `all: true` it wants every address. */
@@ -113,7 +114,9 @@ export function guardedConnect(options: GuardedConnectOptions): buildConnector.c
     if (target === host) return open(connectOptions, callback)
     // The cache's own lookup, under the connect timeout too: a resolver that never answers must not hold
     // a request (and the stall watchdog, which waits for the request to go out) for ever.
-    withTimeout(resolvesToPrivate(host, lookup), timeout, `${name}: looking up ${host} took more than ${timeout} ms`).then(
+    raceSignal(resolvesToPrivate(host, lookup), AbortSignal.timeout(timeout), {
+      translateError: () => new NarBackendError(`${name}: looking up ${host} took more than ${timeout} ms`, { backend: name }),
+    }).then(
       (cacheIsPrivate) => {
         if (cacheIsPrivate) return open(connectOptions, callback)
         if (isIP(target) && isPrivateAddress(target)) return callback(refused(target, target), null)
@@ -122,13 +125,4 @@ export function guardedConnect(options: GuardedConnectOptions): buildConnector.c
       (error: unknown) => callback(error as Error, null),
     )
   }
-}
-
-/** `promise`, or a rejection with `message` once `ms` have passed. */
-function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(message)), ms)
-  })
-  return Promise.race([promise, expired]).finally(() => clearTimeout(timer))
 }

@@ -216,6 +216,19 @@ describe('the trust boundary of an HTTP cache', () => {
       }
       expect(cdn.requests).toEqual([])
     })
+
+    it("fails within the connect timeout when the cache's own host never resolves", async () => {
+      const silent = (): void => {}
+      const http = backend({ url: 'http://cache.test/cache/', allowedOrigins: [cdn.url], lookup: silent, connectTimeoutMs: 200 })
+      const started = performance.now()
+      const error = await rejection(
+        http.fetch(parseNarHash(mid.fileHash), { signal: new AbortController().signal, url: `${cdn.url}${mid.url}` }),
+      )
+      expect(performance.now() - started).toBeLessThan(5_000)
+      expect(error).toBeInstanceOf(NarBackendError)
+      expect(error.message).toMatch(/looking up cache\.test took more than 200 ms/)
+      expect(cdn.requests).toEqual([])
+    })
   })
 
   describe('credentials', () => {

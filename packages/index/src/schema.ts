@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks'
 import { DatabaseSync } from 'node:sqlite'
 import { NarIndexSchemaError } from './errors.js'
 
@@ -88,18 +89,25 @@ export function isBusy(error: unknown): boolean {
  * the other has switched the file by then. Bounded by the busy timeout, like any other wait for a lock.
  */
 function useWal(db: DatabaseSync, busyTimeoutMs: number): void {
-  const deadline = Date.now() + busyTimeoutMs
-  for (let attempt = 0; ; attempt++) {
-    const mode = (db.prepare('PRAGMA journal_mode').get() as { journal_mode: string }).journal_mode
-    if (mode === 'wal' || mode === 'memory') return
-    try {
-      db.exec('PRAGMA journal_mode = WAL')
-      return
-    } catch (error) {
-      if (!isBusy(error) || Date.now() >= deadline) throw error
-      // A synchronous pause: opening is synchronous, and this happens once, for a file nobody has set up.
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Math.min(5 * 2 ** attempt, 100))
+  const deadline = performance.now() + busyTimeoutMs
+  try {
+    for (let attempt = 0; ; attempt++) {
+      // Each statement may also wait in SQLite's own busy handler: it gets only the time that is left.
+      db.exec(`PRAGMA busy_timeout = ${Math.max(0, Math.ceil(deadline - performance.now()))}`)
+      const mode = (db.prepare('PRAGMA journal_mode').get() as { journal_mode: string }).journal_mode
+      if (mode === 'wal' || mode === 'memory') return
+      try {
+        db.exec('PRAGMA journal_mode = WAL')
+        return
+      } catch (error) {
+        const left = deadline - performance.now()
+        if (!isBusy(error) || left <= 0) throw error
+        // A synchronous pause: opening is synchronous, and this happens once, for a file nobody has set up.
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Math.min(5 * 2 ** attempt, 100, left))
+      }
     }
+  } finally {
+    db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`)
   }
 }
 

@@ -11,6 +11,7 @@ import {
   type NarSource,
 } from '@narrace/core'
 import type { NarIndex, NarLocation } from '@narrace/index'
+import { raceSignal } from 'race-signal'
 import {
   buildMagnet,
   createClient,
@@ -75,31 +76,6 @@ interface Held {
 }
 
 const noop = (): void => {}
-
-/** Waits for `promise`, or rejects with `signal.reason` as soon as `signal` aborts. */
-function raceSignal<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) {
-    promise.catch(noop)
-    return Promise.reject(signal.reason as Error)
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => {
-      promise.catch(noop)
-      reject(signal.reason as Error)
-    }
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort)
-        resolve(value)
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort)
-        reject(error as Error)
-      },
-    )
-  })
-}
 
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error)
