@@ -12,6 +12,12 @@ export const DEFAULT_TURN_BYTES = 1024 * 1024
 /** Largest piece handed to one socket at once, so that one client's turn is short. @default 64 KiB */
 export const WRITE_SLICE_BYTES = 64 * 1024
 
+/** A body went on past its Content-Length: the response is cut, never ended as complete. */
+export class BodyOverrunError extends Error {
+  override readonly name = 'BodyOverrunError' as const
+  readonly code = 'NARRACE_BODY_OVERRUN' as const
+}
+
 /**
  * Sends the status and `headers`, then `body`, in slices of at most `WRITE_SLICE_BYTES`, each one paced
  * and each waiting for the socket to drain; ends the response and waits until it is out. With a
@@ -42,6 +48,10 @@ export async function sendBody(
       const next = await chunks.next()
       if (next.done) break
       const chunk = next.value
+      // The core never yields past the size it verifies against; this keeps that promise here too.
+      if (length !== undefined && written + chunk.byteLength > length) {
+        throw new BodyOverrunError(`the body goes on past its content-length, ${length} bytes`)
+      }
       for (let at = 0; at < chunk.byteLength; at += WRITE_SLICE_BYTES) {
         if (at > 0) await pacer.take(WRITE_SLICE_BYTES)
         signal.throwIfAborted()

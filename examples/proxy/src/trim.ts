@@ -31,14 +31,23 @@ export async function loadMallocTrim(): Promise<(() => void) | undefined> {
  * V8's full collection as a function, or undefined where it cannot be had. The socket buffers of a burst
  * that lived long enough to reach the old generation stay allocated, though unreachable, until V8 next
  * marks the whole heap, and an idle proxy allocates too little to start that for many seconds: nothing
- * is free for `malloc_trim` to give back until then. The flag only makes `gc` a global of contexts made
- * after it; the one made here is used for nothing else.
+ * is free for `malloc_trim` to give back until then. `--expose-gc` is on only while the one context made
+ * here is made: later vm contexts and workers, which may run others' code, get no `gc`.
  */
 export function loadCollector(): (() => void) | undefined {
+  // Started with --expose-gc: the global is there already, and the flag stays as the user set it.
+  const own: unknown = (globalThis as { gc?: unknown }).gc
+  if (typeof own === 'function') return () => void own()
+  // Setting a flag after V8 froze them ends the process, past any catch.
+  if (process.execArgv.some((arg) => /^--freeze[-_]flags[-_]after[-_]init(?:=|$)/.test(arg))) return undefined
   try {
     setFlagsFromString('--expose-gc')
-    const gc: unknown = runInNewContext('gc')
-    return typeof gc === 'function' ? () => void gc() : undefined
+    try {
+      const gc: unknown = runInNewContext('gc')
+      return typeof gc === 'function' ? () => void gc() : undefined
+    } finally {
+      setFlagsFromString('--no-expose-gc')
+    }
   } catch {
     return undefined
   }
@@ -57,7 +66,8 @@ export async function loadIdleRelease(): Promise<(() => void) | undefined> {
 
 /**
  * Trims the allocator's free memory while the proxy has no download: first `firstMs` after the last
- * one ended, then after waits that double up to `MAX_IDLE_TRIM_MS`. A new download stops the trims.
+ * one ended, then after each wait doubled while it stays within `MAX_IDLE_TRIM_MS` (by default at 1, 3, 7,
+ * 15, 31 and 63 s), and then no more. A new download stops the trims.
  */
 export class IdleTrim {
   private timer: NodeJS.Timeout | undefined

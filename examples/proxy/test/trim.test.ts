@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises'
+import { runInNewContext } from 'node:vm'
 import { describe, expect, it } from 'vitest'
 import { IdleTrim, loadCollector, loadIdleRelease, loadMallocTrim } from '../src/trim.js'
 
@@ -39,5 +40,10 @@ describe('IdleTrim', () => {
     await sleep(10)
     expect(freed).toBe(true)
     expect(await loadIdleRelease()).toBeTypeOf('function')
+  })
+
+  it('leaves no gc global in contexts made later, which may run code of others', () => {
+    expect(loadCollector()).toBeTypeOf('function')
+    expect(runInNewContext('typeof gc')).toBe('undefined')
   })
 })

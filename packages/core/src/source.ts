@@ -14,6 +14,12 @@ export const noop = (): void => {}
 /** After this many empty chunks in a row, narrace lets timers and I/O run before it reads on. */
 const EMPTY_RUN = 64
 
+/**
+ * A request waits in its backend's own queue (for one of its connections) at most this many stall
+ * timeouts, over every redirect hop: 2 min by default, within the 5 min Nix gives a transfer that stalls.
+ */
+export const MAX_QUEUED_STALLS = 4
+
 /** A source that only ever yields empty chunks resolves every read at once and would starve the timers. */
 function breathe(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve))
@@ -140,20 +146,40 @@ export class SourceStream {
   private connecting = true
   private inQueue = false
   private queuedAt = 0
+  /** Time spent in the queue so far, over every redirect hop. */
+  private queuedMs = 0
+  private queueTimer: ReturnType<typeof setTimeout> | undefined
 
   private queued(waiting: boolean): void {
     if (!this.connecting || this.closed || waiting === this.inQueue) return
     this.inQueue = waiting
+    const now = performance.now()
     if (waiting) {
-      this.queuedAt = performance.now()
+      this.queuedAt = now
       this.endWait()
+      // The queue has a limit too: clients that hold every connection of a source for ever must not keep
+      // a file that another source has waiting for ever.
+      const cap = this.context.stallMs * MAX_QUEUED_STALLS
+      if (Number.isFinite(cap)) {
+        this.queueTimer = setTimeout(
+          () => this.stall(`waited ${cap} ms in its own queue for a connection`),
+          Math.max(0, cap - this.queuedMs),
+        )
+      }
       return
     }
+    clearTimeout(this.queueTimer)
+    this.queueTimer = undefined
+    this.queuedMs += now - this.queuedAt
     // The clock goes on from where it stood, not from 0: each redirect hop queues again, and a source
-    // must not win a fresh stall timeout for every hop.
-    const idleFrom = this.idleFrom + (performance.now() - this.queuedAt)
+    // must not win a fresh stall timeout for every hop (nor a fresh timer, if it fired in the queue).
+    const idleFrom = this.idleFrom + (now - this.queuedAt)
     this.beginWait()
     this.idleFrom = idleFrom
+    if (this.timer !== undefined) {
+      clearTimeout(this.timer)
+      this.arm(this.context.stallMs - (now - idleFrom))
+    }
   }
 
   /** The next chunk at `position`, or undefined at the body's end or at `end`. */
@@ -193,7 +219,9 @@ export class SourceStream {
     if (this.closed) return
     this.closed = true
     clearTimeout(this.timer)
+    clearTimeout(this.queueTimer)
     this.timer = undefined
+    this.queueTimer = undefined
     this.signal.removeEventListener('abort', this.onAbort)
     if (reason !== undefined) {
       this.controller.abort(reason)
@@ -337,6 +365,15 @@ export class SourceStream {
     this.waitFrom = undefined
   }
 
+  private stall(why: string): void {
+    this.fail(
+      new NarStallError(`${this.name} ${why} at byte ${this.position} of ${this.context.hash}`, {
+        backend: this.name,
+        timeoutMs: this.context.stallMs,
+      }),
+    )
+  }
+
   /** The one timer of this source, re-armed only when it fires. */
   private arm(ms: number): void {
     this.timer = setTimeout(() => this.check(), Math.max(0, ms))
@@ -350,17 +387,10 @@ export class SourceStream {
     const now = performance.now()
     const idle = now - this.idleFrom
     let window = this.waited + (now - this.waitFrom)
-    const stall = (why: string): void =>
-      this.fail(
-        new NarStallError(`${this.name} ${why} at byte ${this.position} of ${this.context.hash}`, {
-          backend: this.name,
-          timeoutMs: stallMs,
-        }),
-      )
-    if (idle >= stallMs) return stall(`sent no byte for ${stallMs} ms`)
+    if (idle >= stallMs) return this.stall(`sent no byte for ${stallMs} ms`)
     if (window >= stallMs) {
       if (this.windowBytes < minWindowBytes) {
-        return stall(`sent ${this.windowBytes} bytes in ${stallMs} ms, under the minimum rate`)
+        return this.stall(`sent ${this.windowBytes} bytes in ${stallMs} ms, under the minimum rate`)
       }
       this.waited = 0
       this.waitFrom = now

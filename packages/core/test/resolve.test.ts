@@ -292,12 +292,72 @@ describe('resolveNar: fail-over', () => {
         return { offset: 0, body: (async function* () { yield data })() }
       },
     })
-    // Four times the stall timeout in the queue, then an answer: served.
-    const stream = await resolveNar(hash, { backends: [queuedFor('queued', 400, true)], stallTimeoutMs: 100 })
+    // Three times the stall timeout in the queue, then an answer: served.
+    const stream = await resolveNar(hash, { backends: [queuedFor('queued', 300, true)], stallTimeoutMs: 100 })
     expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
     // Out of the queue, the clock runs again: a source that then sends nothing stalls.
     const error = await resolveNar(hash, { backends: [queuedFor('silent', 200, false)], stallTimeoutMs: 100 }).catch((e: unknown) => e)
     expect((error as NarUnavailableError).errors[0]).toBeInstanceOf(NarStallError)
+  })
+
+  it('gives a request at most four stall timeouts in a backend queue, over every hop, then fails over', async () => {
+    const hanging = (signal: AbortSignal): Promise<never> =>
+      new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)))
+    // A backend that says its request waits and never says it went out.
+    const stuck: NarBackend = {
+      name: 'stuck',
+      async fetch(_hash, options) {
+        options.queued?.(true)
+        return hanging(options.signal)
+      },
+    }
+    const error = await resolveNar(hash, { backends: [stuck], stallTimeoutMs: 50 }).catch((e: unknown) => e)
+    const stall = (error as NarUnavailableError).errors[0]
+    expect(stall).toBeInstanceOf(NarStallError)
+    expect((stall as Error).message).toMatch(/waited 200 ms in its own queue/)
+    // Two hops of 150 ms each in the queue are 300 ms in all: over the limit, though each is under it.
+    const hops: NarBackend = {
+      name: 'hops',
+      async fetch(_hash, options) {
+        options.queued?.(true)
+        await delay(150)
+        options.queued?.(false)
+        options.queued?.(true)
+        return hanging(options.signal)
+      },
+    }
+    const again = await resolveNar(hash, { backends: [hops], stallTimeoutMs: 50 }).catch((e: unknown) => e)
+    expect((again as NarUnavailableError).errors[0]).toBeInstanceOf(NarStallError)
+    // With another source, started only after the limit, the file comes from it.
+    const stream = await resolveNar(hash, { backends: [stuck, scripted('other', data)], hedge: { other: 300 }, stallTimeoutMs: 50 })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+  })
+
+  it('keeps the stall clock of a request whose timer fired while it waited in the queue', async () => {
+    let outAt = 0
+    let stalledAt = 0
+    const backend: NarBackend = {
+      name: 'late',
+      async fetch(_hash, options) {
+        // 300 ms out on a connection without a byte, then 500 ms queued for the next hop (the 400 ms timer
+        // fires in there), then silence: 100 ms of the stall timeout are left.
+        await delay(300)
+        options.queued?.(true)
+        await delay(500)
+        options.queued?.(false)
+        outAt = performance.now()
+        return new Promise((_, reject) =>
+          options.signal.addEventListener('abort', () => {
+            stalledAt = performance.now()
+            reject(options.signal.reason)
+          }),
+        )
+      },
+    }
+    const error = await resolveNar(hash, { backends: [backend], stallTimeoutMs: 400 }).catch((e: unknown) => e)
+    expect((error as NarUnavailableError).errors[0]).toBeInstanceOf(NarStallError)
+    // Before, a fresh 400 ms started when the request left the queue.
+    expect(stalledAt - outAt).toBeLessThan(300)
   })
 
   it('treats a source that sends no byte within stallTimeoutMs as failed', async () => {
