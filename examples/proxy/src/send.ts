@@ -22,8 +22,8 @@ export class BodyOverrunError extends Error {
  * Sends the status and `headers`, then `body`, in slices of at most `WRITE_SLICE_BYTES`, each one paced
  * and each waiting for the socket to drain; ends the response and waits until it is out. With a
  * `content-length`, it ends as soon as that many bytes are written, without waiting a turn for the body's
- * own end: a client that has every byte closes at once, and a response it closed before the proxy ended
- * it counted as aborted. A client waits for its turn before it pulls the next chunk, so that a waiting
+ * own end nor a drain after the last slice: a client that has every byte closes at once, and a response
+ * it closed before the proxy ended it counted as aborted. A client waits for its turn before it pulls the next chunk, so that a waiting
  * client holds no read buffer. Throws on abort, on the client's going away, and with `body`'s own error
  * (the caller then cuts the connection).
  */
@@ -55,7 +55,10 @@ export async function sendBody(
       for (let at = 0; at < chunk.byteLength; at += WRITE_SLICE_BYTES) {
         if (at > 0) await pacer.take(WRITE_SLICE_BYTES)
         signal.throwIfAborted()
-        if (!res.write(chunk.subarray(at, at + WRITE_SLICE_BYTES))) await once(res, 'drain', { signal })
+        const end = Math.min(at + WRITE_SLICE_BYTES, chunk.byteLength)
+        // After the last byte the response ends at once; its end waits for the socket, not a drain first.
+        const last = length !== undefined && written + end >= length
+        if (!res.write(chunk.subarray(at, end)) && !last) await once(res, 'drain', { signal })
       }
       written += chunk.byteLength
       if (length !== undefined && written >= length) break
