@@ -1,5 +1,6 @@
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
+import { isMainThread } from 'node:worker_threads'
 
 /** How long the proxy is without a download before it first hands freed memory back to the system. @default 1000 */
 export const DEFAULT_IDLE_TRIM_MS = 1_000
@@ -38,8 +39,11 @@ export function loadCollector(): (() => void) | undefined {
   // Started with --expose-gc: the global is there already, and the flag stays as the user set it.
   const own: unknown = (globalThis as { gc?: unknown }).gc
   if (typeof own === 'function') return () => void own()
-  // Setting a flag after V8 froze them ends the process, past any catch.
-  if (process.execArgv.some((arg) => /^--freeze[-_]flags[-_]after[-_]init(?:=|$)/.test(arg))) return undefined
+  // Setting a flag after V8 froze them ends the process, past any catch. A worker can't see how its
+  // process was started, so only the main thread sets one.
+  if (!isMainThread || process.execArgv.some((arg) => /^--?freeze[-_]flags[-_]after[-_]init(?:=|$)/.test(arg))) {
+    return undefined
+  }
   try {
     setFlagsFromString('--expose-gc')
     try {

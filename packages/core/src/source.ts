@@ -139,6 +139,10 @@ export class SourceStream {
     } finally {
       this.endWait()
       this.connecting = false
+      // A backend that never said its request left the queue: the queue is over all the same.
+      clearTimeout(this.queueTimer)
+      this.queueTimer = undefined
+      this.inQueue = false
     }
   }
 

@@ -333,6 +333,27 @@ describe('resolveNar: fail-over', () => {
     expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
   })
 
+  it('ends the queue with connect, for a backend that never says its request left it', async () => {
+    const slow: NarBackend = {
+      name: 'slow',
+      async fetch(_hash, options) {
+        options.queued?.(true)
+        return {
+          offset: 0,
+          // 16 pieces 20 ms apart: longer than four stall timeouts, and never still for one.
+          body: (async function* () {
+            for (let at = 0; at < data.length; at += data.length / 16) {
+              yield data.subarray(at, at + data.length / 16)
+              await delay(20)
+            }
+          })(),
+        }
+      },
+    }
+    const stream = await resolveNar(hash, { backends: [slow], stallTimeoutMs: 50, minBytesPerSecond: 0 })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
+  })
+
   it('keeps the stall clock of a request whose timer fired while it waited in the queue', async () => {
     let outAt = 0
     let stalledAt = 0

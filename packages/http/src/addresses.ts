@@ -109,21 +109,27 @@ export function guardedConnect(options: GuardedConnectOptions): buildConnector.c
   const strict = buildConnector({ timeout, lookup: strictLookup } as buildConnector.BuildOptions)
   const host = cacheHost.replace(/^\[|\]$/g, '').toLowerCase()
   // One lookup of the cache's own host at a time, shared by the connects that wait for it: a resolver that
-  // hangs holds one of libuv's few threads (which file reads need too), not one per connect, until the
-  // system resolver's own timeouts end it and the next connect looks up afresh.
+  // hangs holds one of libuv's few threads (which file reads need too), not one per connect. Once the
+  // connect timeout gives up on it, the next connect looks up afresh (a resolver may drop a question).
   let cacheLookup: Promise<boolean> | undefined
   const cacheIsPrivate = (): Promise<boolean> =>
     (cacheLookup ??= resolvesToPrivate(host, lookup).finally(() => {
       cacheLookup = undefined
     }))
+  // AbortSignal.timeout takes whole milliseconds only.
+  const lookupTimeout = Math.max(1, Math.ceil(timeout))
 
   return (connectOptions, callback) => {
     const target = connectOptions.hostname.replace(/^\[|\]$/g, '').toLowerCase()
     if (target === host) return open(connectOptions, callback)
     // The cache's own lookup, under the connect timeout too: a resolver that never answers must not hold
     // a request (and the stall watchdog, which waits for the request to go out) for ever.
-    raceSignal(cacheIsPrivate(), AbortSignal.timeout(timeout), {
-      translateError: () => new NarBackendError(`${name}: looking up ${host} took more than ${timeout} ms`, { backend: name }),
+    const shared = cacheIsPrivate()
+    raceSignal(shared, AbortSignal.timeout(lookupTimeout), {
+      translateError: () => {
+        if (cacheLookup === shared) cacheLookup = undefined
+        return new NarBackendError(`${name}: looking up ${host} took more than ${timeout} ms`, { backend: name })
+      },
     }).then(
       (cacheIsPrivate) => {
         if (cacheIsPrivate) return open(connectOptions, callback)
