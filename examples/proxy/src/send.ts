@@ -23,9 +23,9 @@ export class BodyOverrunError extends Error {
  * and each waiting for the socket to drain; ends the response and waits until it is out. With a
  * `content-length`, it ends as soon as that many bytes are written, without waiting a turn for the body's
  * own end nor a drain after the last slice: a client that has every byte closes at once, and a response
- * it closed before the proxy ended it counted as aborted. A client waits for its turn before it pulls the next chunk, so that a waiting
- * client holds no read buffer. Throws on abort, on the client's going away, and with `body`'s own error
- * (the caller then cuts the connection).
+ * it closed before the proxy ended it counted as aborted. A client waits for its turn before it pulls the
+ * next chunk, so that a waiting client holds no read buffer. Throws on abort, on the client's going away,
+ * and with `body`'s own error (the caller then cuts the connection).
  */
 export async function sendBody(
   res: ServerResponse,

@@ -177,13 +177,9 @@ export class SourceStream {
     this.queuedMs += now - this.queuedAt
     // The clock goes on from where it stood, not from 0: each redirect hop queues again, and a source
     // must not win a fresh stall timeout for every hop (nor a fresh timer, if it fired in the queue).
-    const idleFrom = this.idleFrom + (now - this.queuedAt)
-    this.beginWait()
-    this.idleFrom = idleFrom
-    if (this.timer !== undefined) {
-      clearTimeout(this.timer)
-      this.arm(this.context.stallMs - (now - idleFrom))
-    }
+    clearTimeout(this.timer)
+    this.timer = undefined
+    this.beginWait(this.idleFrom + (now - this.queuedAt))
   }
 
   /** The next chunk at `position`, or undefined at the body's end or at `end`. */
@@ -357,11 +353,14 @@ export class SourceStream {
     this.idleFrom = performance.now()
   }
 
-  private beginWait(): void {
+  /** A read starts waiting; the idle clock runs from `idleFrom` (now, unless it goes on from earlier). */
+  private beginWait(idleFrom = performance.now()): void {
     const now = performance.now()
     this.waitFrom = now
-    this.idleFrom = now
-    if (this.timer === undefined && Number.isFinite(this.context.stallMs) && !this.closed) this.arm(this.context.stallMs)
+    this.idleFrom = idleFrom
+    if (this.timer === undefined && Number.isFinite(this.context.stallMs) && !this.closed) {
+      this.arm(this.context.stallMs - (now - idleFrom))
+    }
   }
 
   private endWait(): void {

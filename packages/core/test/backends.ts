@@ -178,6 +178,11 @@ export function split(bytes: Uint8Array, size: number): Uint8Array[] {
   return chunks
 }
 
+/** A backend's answer that never comes: it rejects with the abort reason once `signal` aborts. */
+export function untilAborted(signal: AbortSignal): Promise<never> {
+  return new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))
+}
+
 /** Rejects after `ms`, so that a hang fails its test instead of the whole suite. */
 export function within<T>(ms: number, promise: Promise<T>): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined

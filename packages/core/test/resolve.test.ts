@@ -14,7 +14,7 @@ import {
   type NarEvent,
 } from '../src/index.js'
 import { getEventListeners } from 'node:events'
-import { chunked, collect, handles, hashOf, sample, scripted, split, trackTimers, within } from './backends.js'
+import { chunked, collect, handles, hashOf, sample, scripted, split, trackTimers, untilAborted, within } from './backends.js'
 
 const { data, hash } = sample(64 * 1024)
 
@@ -288,7 +288,7 @@ describe('resolveNar: fail-over', () => {
         options.queued?.(true)
         await delay(waitMs)
         options.queued?.(false)
-        if (!sends) await new Promise((_, reject) => options.signal.addEventListener('abort', () => reject(options.signal.reason)))
+        if (!sends) await untilAborted(options.signal)
         return { offset: 0, body: (async function* () { yield data })() }
       },
     })
@@ -301,14 +301,12 @@ describe('resolveNar: fail-over', () => {
   })
 
   it('gives a request at most four stall timeouts in a backend queue, over every hop, then fails over', async () => {
-    const hanging = (signal: AbortSignal): Promise<never> =>
-      new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)))
     // A backend that says its request waits and never says it went out.
     const stuck: NarBackend = {
       name: 'stuck',
       async fetch(_hash, options) {
         options.queued?.(true)
-        return hanging(options.signal)
+        return untilAborted(options.signal)
       },
     }
     const error = await resolveNar(hash, { backends: [stuck], stallTimeoutMs: 50 }).catch((e: unknown) => e)
@@ -323,7 +321,7 @@ describe('resolveNar: fail-over', () => {
         await delay(150)
         options.queued?.(false)
         options.queued?.(true)
-        return hanging(options.signal)
+        return untilAborted(options.signal)
       },
     }
     const again = await resolveNar(hash, { backends: [hops], stallTimeoutMs: 50 }).catch((e: unknown) => e)

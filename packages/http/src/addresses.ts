@@ -131,8 +131,8 @@ export function guardedConnect(options: GuardedConnectOptions): buildConnector.c
         return new NarBackendError(`${name}: looking up ${host} took more than ${timeout} ms`, { backend: name })
       },
     }).then(
-      (cacheIsPrivate) => {
-        if (cacheIsPrivate) return open(connectOptions, callback)
+      (privateCache) => {
+        if (privateCache) return open(connectOptions, callback)
         if (isIP(target) && isPrivateAddress(target)) return callback(refused(target, target), null)
         return strict(connectOptions, callback)
       },
