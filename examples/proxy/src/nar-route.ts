@@ -17,7 +17,7 @@ import type { NarOutcome, ProxyMetrics } from './metrics.js'
 import type { PeerMappings } from './peer-mappings.js'
 import { codeOf, message, NAR_TYPE, sendText, type RequestSignal } from './respond.js'
 import type { Route } from './routes.js'
-import { DEFAULT_TURN_BYTES, sendBody } from './send.js'
+import { DEFAULT_TURN_BYTES, sendBody, type SendProgress } from './send.js'
 import { TurnPacer } from './turns.js'
 import { IdleTrim } from './trim.js'
 import type { ServedNarInfo } from './served-narinfo.js'
@@ -244,20 +244,15 @@ export function createNarRoute(context: NarRouteContext): {
     const download = downloads.join(hash, location?.size)
     let outcome: NarOutcome = 'ok'
     let failure: unknown
-    let sent = 0
+    const sent: SendProgress = { bytes: 0 }
     try {
       await download.opened
       if (download.verifyFirst) await download.finished
       const stream = download.stream!
       const headers: Record<string, string> = { 'content-type': NAR_TYPE }
       if (stream.size !== undefined) headers['content-length'] = String(stream.size)
-      const body = async function* (): AsyncGenerator<Uint8Array> {
-        for await (const chunk of download.spool!.read({ verifyFirst: download.verifyFirst, signal })) {
-          sent += chunk.byteLength
-          yield chunk
-        }
-      }
-      await sendBody(res, headers, body(), pacer, signal)
+      const body = download.spool!.read({ verifyFirst: download.verifyFirst, signal })
+      await sendBody(res, headers, body, pacer, signal, sent)
     } catch (error) {
       failure = error
       // Checked before the cut below, which fires the signal too.
@@ -271,7 +266,7 @@ export function createNarRoute(context: NarRouteContext): {
       done()
     }
     metrics.requests.inc({ outcome })
-    log(download, location, outcome, failure, sent, started)
+    log(download, location, outcome, failure, sent.bytes, started)
   }
 
   function log(

@@ -1,8 +1,8 @@
-import { once } from 'node:events'
+import { getEventListeners, once } from 'node:events'
 import { createServer, get, type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { connect, type AddressInfo } from 'node:net'
 import { describe, expect, it } from 'vitest'
-import { BodyOverrunError, sendBody } from '../src/send.js'
+import { BodyOverrunError, sendBody, type SendProgress } from '../src/send.js'
 import { TurnPacer } from '../src/turns.js'
 
 /** Serves one response through sendBody and GETs it; resolves with what the client and the server saw. */
@@ -84,5 +84,48 @@ describe('sendBody', () => {
     expect(complete).toBe(true)
     expect(received.equals(bytes)).toBe(true)
     await sent
+  })
+
+  it('waits for a client that stops reading, counts what it wrote, and on abort rejects and leaves no listener behind', { timeout: 10_000 }, async () => {
+    const bytes = Buffer.alloc(32 * 1024 * 1024, 9)
+    const controller = new AbortController()
+    const progress: SendProgress = { bytes: 0 }
+    let response!: ServerResponse
+    let sent!: Promise<void>
+    let drainBefore = 0
+    const server = createServer((_req, res) => {
+      response = res
+      drainBefore = res.listenerCount('drain')
+      const body = async function* (): AsyncGenerator<Uint8Array> {
+        yield bytes
+      }
+      sent = sendBody(res, { 'content-length': String(bytes.length) }, body(), new TurnPacer(1024 * 1024), controller.signal, progress)
+      sent.catch(() => {})
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    // A client that asks and then never reads: the kernel's buffers fill and the sender must wait.
+    const client = connect((server.address() as AddressInfo).port, '127.0.0.1')
+    client.pause()
+    client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+    try {
+      let last = -1
+      while (progress.bytes === 0 || progress.bytes !== last) {
+        last = progress.bytes
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      // Stuck on a drain that does not come, part of the way in, and it said how far it got.
+      expect(progress.bytes).toBeGreaterThan(0)
+      expect(progress.bytes).toBeLessThan(bytes.length)
+      expect(progress.bytes % (64 * 1024)).toBe(0)
+      controller.abort(new Error('the client is too slow'))
+      await expect(sent).rejects.toThrow('the client is too slow')
+      expect(response.listenerCount('drain')).toBe(drainBefore)
+      expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0)
+    } finally {
+      client.destroy()
+      server.closeAllConnections()
+      server.close()
+    }
   })
 })
