@@ -49,6 +49,11 @@ class DrainWaiter {
     signal.addEventListener('abort', this.onAbort, { once: true })
   }
 
+  /** Throws the response's error if it had one, also while nothing waited. */
+  throwIfFailed(): void {
+    if (this.failure) throw this.failure.error
+  }
+
   /** Resolves at the next 'drain'; rejects with the response's error or the signal's reason. */
   wait(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure.error)
@@ -77,8 +82,8 @@ class DrainWaiter {
  * own end nor a drain after the last slice: a client that has every byte closes at once, and a response
  * it closed before the proxy ended it counted as aborted. A client waits for its turn before it pulls the
  * next chunk, so that a waiting client holds no read buffer. Throws on abort, on the client's going away,
- * and with `body`'s own error (the caller then cuts the connection). `progress` counts the body's bytes
- * written.
+ * with the response's error, and with `body`'s own error (the caller then cuts the connection).
+ * `progress` counts the body's bytes written.
  */
 export async function sendBody(
   res: ServerResponse,
@@ -113,6 +118,7 @@ export async function sendBody(
         const turn = at > 0 ? pacer.take(WRITE_SLICE_BYTES) : undefined
         if (turn) await turn
         signal.throwIfAborted()
+        drain.throwIfFailed()
         const end = Math.min(at + WRITE_SLICE_BYTES, chunk.byteLength)
         // After the last byte the response ends at once; its end waits for the socket, not a drain first.
         const last = length !== undefined && written + end >= length
@@ -127,6 +133,7 @@ export async function sendBody(
     drain.dispose()
     await chunks.return?.()
   }
+  drain.throwIfFailed()
   res.end()
   await finished(res)
 }

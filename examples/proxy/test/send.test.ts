@@ -93,9 +93,11 @@ describe('sendBody', () => {
     let response!: ServerResponse
     let sent!: Promise<void>
     let drainBefore = 0
+    let errorBefore = 0
     const server = createServer((_req, res) => {
       response = res
       drainBefore = res.listenerCount('drain')
+      errorBefore = res.listenerCount('error')
       const body = async function* (): AsyncGenerator<Uint8Array> {
         yield bytes
       }
@@ -121,9 +123,46 @@ describe('sendBody', () => {
       controller.abort(new Error('the client is too slow'))
       await expect(sent).rejects.toThrow('the client is too slow')
       expect(response.listenerCount('drain')).toBe(drainBefore)
+      expect(response.listenerCount('error')).toBe(errorBefore)
       expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0)
     } finally {
       client.destroy()
+      server.closeAllConnections()
+      server.close()
+    }
+  })
+
+  it('fails with an error the response had while nothing waited for a drain, instead of ending it as complete', async () => {
+    let response!: ServerResponse
+    let sent!: Promise<void>
+    let second!: () => void
+    const secondAsked = new Promise<void>((resolve) => (second = resolve))
+    const server = createServer((_req, res) => {
+      response = res
+      const body = async function* (): AsyncGenerator<Uint8Array> {
+        yield Buffer.alloc(10 * 1024, 1)
+        await secondAsked
+        yield Buffer.alloc(10 * 1024, 2)
+      }
+      sent = sendBody(res, { 'content-length': String(20 * 1024) }, body(), new TurnPacer(1024 * 1024), new AbortController().signal)
+      sent.catch(() => res.destroy())
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    try {
+      const req = get(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`)
+      req.on('error', () => {})
+      const res = (await once(req, 'response'))[0] as IncomingMessage
+      res.on('error', () => {})
+      res.resume()
+      // The first 10 KiB went out without a wait; the error comes while the body is still being read.
+      response.emit('error', new Error('the response broke'))
+      second()
+      await expect(sent).rejects.toThrow('the response broke')
+      // Cut, never ended: the client's copy is short.
+      await new Promise((resolve) => res.once('close', resolve))
+      expect(res.complete).toBe(false)
+    } finally {
       server.closeAllConnections()
       server.close()
     }
