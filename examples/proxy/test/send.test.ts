@@ -5,22 +5,33 @@ import { describe, expect, it } from 'vitest'
 import { BodyOverrunError, sendBody, type SendProgress } from '../src/send.js'
 import { TurnPacer } from '../src/turns.js'
 
+/** An HTTP server on 127.0.0.1 that answers with `handler`; `close()` cuts its connections and stops it. */
+async function listen(handler: (res: ServerResponse) => void): Promise<{ port: number; close(): void }> {
+  const server = createServer((_req, res) => handler(res))
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  return {
+    port: (server.address() as AddressInfo).port,
+    close() {
+      server.closeAllConnections()
+      server.close()
+    },
+  }
+}
+
 /** Serves one response through sendBody and GETs it; resolves with what the client and the server saw. */
 async function serveOnce(
   headers: Record<string, string>,
   body: () => AsyncIterable<Uint8Array>,
 ): Promise<{ received: Buffer; complete: boolean; sent: Promise<void> }> {
   let sent!: Promise<void>
-  const server = createServer((_req, res: ServerResponse) => {
+  const server = await listen((res) => {
     sent = sendBody(res, headers, body(), new TurnPacer(1024 * 1024), new AbortController().signal)
     // As the NAR route does: a failed body cuts the connection.
     sent.catch(() => res.destroy())
   })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
   try {
-    const { port } = server.address() as AddressInfo
-    const req = get(`http://127.0.0.1:${port}/`)
+    const req = get(`http://127.0.0.1:${server.port}/`)
     const res = await new Promise<IncomingMessage | undefined>((resolve) => {
       req.once('response', resolve)
       // Cut before the status arrived.
@@ -35,7 +46,6 @@ async function serveOnce(
     }
     return { received: Buffer.concat(parts), complete: res.complete, sent }
   } finally {
-    server.closeAllConnections()
     server.close()
   }
 }
@@ -94,7 +104,7 @@ describe('sendBody', () => {
     let sent!: Promise<void>
     let drainBefore = 0
     let errorBefore = 0
-    const server = createServer((_req, res) => {
+    const server = await listen((res) => {
       response = res
       drainBefore = res.listenerCount('drain')
       errorBefore = res.listenerCount('error')
@@ -104,10 +114,8 @@ describe('sendBody', () => {
       sent = sendBody(res, { 'content-length': String(bytes.length) }, body(), new TurnPacer(1024 * 1024), controller.signal, progress)
       sent.catch(() => {})
     })
-    server.listen(0, '127.0.0.1')
-    await once(server, 'listening')
     // A client that asks and then never reads: the kernel's buffers fill and the sender must wait.
-    const client = connect((server.address() as AddressInfo).port, '127.0.0.1')
+    const client = connect(server.port, '127.0.0.1')
     client.pause()
     client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n')
     try {
@@ -127,7 +135,6 @@ describe('sendBody', () => {
       expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0)
     } finally {
       client.destroy()
-      server.closeAllConnections()
       server.close()
     }
   })
@@ -137,7 +144,7 @@ describe('sendBody', () => {
     let sent!: Promise<void>
     let second!: () => void
     const secondAsked = new Promise<void>((resolve) => (second = resolve))
-    const server = createServer((_req, res) => {
+    const server = await listen((res) => {
       response = res
       const body = async function* (): AsyncGenerator<Uint8Array> {
         yield Buffer.alloc(10 * 1024, 1)
@@ -147,10 +154,8 @@ describe('sendBody', () => {
       sent = sendBody(res, { 'content-length': String(20 * 1024) }, body(), new TurnPacer(1024 * 1024), new AbortController().signal)
       sent.catch(() => res.destroy())
     })
-    server.listen(0, '127.0.0.1')
-    await once(server, 'listening')
     try {
-      const req = get(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`)
+      const req = get(`http://127.0.0.1:${server.port}/`)
       req.on('error', () => {})
       const res = (await once(req, 'response'))[0] as IncomingMessage
       res.on('error', () => {})
@@ -163,7 +168,6 @@ describe('sendBody', () => {
       await new Promise((resolve) => res.once('close', resolve))
       expect(res.complete).toBe(false)
     } finally {
-      server.closeAllConnections()
       server.close()
     }
   })

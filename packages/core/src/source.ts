@@ -140,8 +140,7 @@ export class SourceStream {
       this.endWait()
       this.connecting = false
       // A backend that never said its request left the queue: the queue is over all the same.
-      clearTimeout(this.queueTimer)
-      this.queueTimer = undefined
+      this.stopQueueTimer()
       this.inQueue = false
     }
   }
@@ -172,14 +171,18 @@ export class SourceStream {
       }
       return
     }
-    clearTimeout(this.queueTimer)
-    this.queueTimer = undefined
+    this.stopQueueTimer()
     this.queuedMs += now - this.queuedAt
     // The clock goes on from where it stood, not from 0: each redirect hop queues again, and a source
     // must not win a fresh stall timeout for every hop (nor a fresh timer, if it fired in the queue).
     clearTimeout(this.timer)
     this.timer = undefined
     this.beginWait(this.idleFrom + (now - this.queuedAt))
+  }
+
+  private stopQueueTimer(): void {
+    clearTimeout(this.queueTimer)
+    this.queueTimer = undefined
   }
 
   /** The next chunk at `position`, or undefined at the body's end or at `end`. */
@@ -219,9 +222,8 @@ export class SourceStream {
     if (this.closed) return
     this.closed = true
     clearTimeout(this.timer)
-    clearTimeout(this.queueTimer)
     this.timer = undefined
-    this.queueTimer = undefined
+    this.stopQueueTimer()
     this.signal.removeEventListener('abort', this.onAbort)
     if (reason !== undefined) {
       this.controller.abort(reason)
