@@ -5,6 +5,7 @@ import {
   NarNotFoundError,
   parseNarHash,
   resolveNar,
+  TurnPacer,
   type NarBackend,
   type NarEvent,
   type NarHash,
@@ -18,7 +19,6 @@ import type { PeerMappings } from './peer-mappings.js'
 import { codeOf, message, NAR_TYPE, sendText, type RequestSignal } from './respond.js'
 import type { Route } from './routes.js'
 import { DEFAULT_TURN_BYTES, sendBody, type SendProgress } from './send.js'
-import { TurnPacer } from './turns.js'
 import { IdleTrim } from './trim.js'
 import type { ServedNarInfo } from './served-narinfo.js'
 import { MemoryBudget } from './spool.js'

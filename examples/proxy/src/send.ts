@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http'
 import { finished } from 'node:stream/promises'
-import type { TurnPacer } from './turns.js'
+import type { TurnPacer } from '@narrace/core'
 
 /**
  * Bytes that every NAR response together hands to its sockets in one turn of the event loop.

@@ -1,9 +1,9 @@
 import { getEventListeners, once } from 'node:events'
 import { createServer, get, type IncomingMessage, type ServerResponse } from 'node:http'
 import { connect, type AddressInfo } from 'node:net'
+import { TurnPacer } from '@narrace/core'
 import { describe, expect, it } from 'vitest'
 import { BodyOverrunError, sendBody, type SendProgress } from '../src/send.js'
-import { TurnPacer } from '../src/turns.js'
 
 /** An HTTP server on 127.0.0.1 that answers with `handler`; `close()` cuts its connections and stops it. */
 async function listen(handler: (res: ServerResponse) => void): Promise<{ port: number; close(): void }> {

@@ -30,3 +30,5 @@ export type {
   NarStream,
   ResolveNarOptions,
 } from './types.js'
+export { TurnPacer } from './turns.js'
+export { INGEST_TURN_BYTES } from './source.js'

@@ -1,5 +1,5 @@
 /**
- * Shares work out among turns of the event loop: at most `perTurn` units (bytes written, requests
+ * Shares work out among turns of the event loop: at most `perTurn` units (bytes read or written, requests
  * started) in one turn; past that, takers wait for a later turn, in the order they asked. Work that
  * completes without leaving the current tick (a write the kernel takes at once, hundreds of requests
  * parsed in one batch) would otherwise keep one tick busy for long and starve everything else: accepts,

@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest'
+import { INGEST_TURN_BYTES, resolveNar } from '../src/index.js'
+import { chunked, sample, split } from './backends.js'
+
+const CHUNK = 64 * 1024
+
+/** Counts turns of the event loop: the number goes up once per check phase while `stop()` is not called. */
+function turnCounter(): { now: () => number; stop: () => void } {
+  let turn = 0
+  let running = true
+  const tick = (): void => {
+    turn++
+    if (running) setImmediate(tick)
+  }
+  setImmediate(tick)
+  return { now: () => turn, stop: () => (running = false) }
+}
+
+describe('resolveNar: reading in shares of a turn', () => {
+  it('reads at most INGEST_TURN_BYTES in one turn, however much the sources have ready', async () => {
+    // 8 MiB, every chunk ready at once: without the share, all of it arrives in one turn.
+    const { data, hash } = sample(8 * 1024 * 1024)
+    const turns = turnCounter()
+    const perTurn = new Map<number, number>()
+    let bytes = 0
+    try {
+      const stream = await resolveNar(hash, { backends: [chunked('ready', split(data, CHUNK))], size: data.length, verifyFirstBelow: 0 })
+      for await (const chunk of stream) {
+        bytes += chunk.length
+        perTurn.set(turns.now(), (perTurn.get(turns.now()) ?? 0) + chunk.length)
+      }
+    } finally {
+      turns.stop()
+    }
+    expect(bytes).toBe(data.length)
+    // The share, plus the one chunk that goes over it.
+    expect(Math.max(...perTurn.values())).toBeLessThanOrEqual(INGEST_TURN_BYTES + CHUNK)
+    expect(perTurn.size).toBeGreaterThanOrEqual(data.length / (INGEST_TURN_BYTES + CHUNK))
+  })
+
+  it('shares each turn among every download of the process', async () => {
+    const files = [sample(2 * 1024 * 1024), sample(2 * 1024 * 1024), sample(2 * 1024 * 1024)]
+    const turns = turnCounter()
+    const perTurn = new Map<number, number>()
+    try {
+      await Promise.all(
+        files.map(async ({ data, hash }) => {
+          const stream = await resolveNar(hash, { backends: [chunked('ready', split(data, CHUNK))], size: data.length, verifyFirstBelow: 0 })
+          for await (const chunk of stream) perTurn.set(turns.now(), (perTurn.get(turns.now()) ?? 0) + chunk.length)
+        }),
+      )
+    } finally {
+      turns.stop()
+    }
+    // Each download may go over the share by one chunk in a turn; together they never take three shares.
+    expect(Math.max(...perTurn.values())).toBeLessThanOrEqual(INGEST_TURN_BYTES + files.length * CHUNK)
+  })
+})
