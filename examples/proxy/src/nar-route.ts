@@ -76,6 +76,8 @@ export interface NarRouteContext {
 export function createNarRoute(context: NarRouteContext): {
   serve(route: NarRoute, res: ServerResponse, head: boolean): Promise<void>
   downloads: Downloads
+  /** The idle trim, told of every request so that it waits for a quiet moment. */
+  trim: IdleTrim
 } {
   const { index, metrics, logger } = context
   const budget = new MemoryBudget(context.memoryBudget)
@@ -294,5 +296,5 @@ export function createNarRoute(context: NarRouteContext): {
     else logger.warn(line, 'nar')
   }
 
-  return { serve, downloads }
+  return { serve, downloads, trim }
 }

@@ -237,6 +237,7 @@ export function createProxy(options: ProxyOptions): Proxy {
 
 
   const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: 10_000 }, (req, res) => {
+    narRoute.trim.touch()
     handle(req, res).catch((error: unknown) => {
       logger.error({ err: error, url: req.url }, 'request failed')
       if (!res.headersSent) sendText(res, req.method === 'HEAD', 500, 'internal error\n')

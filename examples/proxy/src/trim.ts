@@ -74,11 +74,19 @@ export async function loadIdleRelease(): Promise<(() => void) | undefined> {
  * Trims the allocator's free memory while the proxy has no download: first `firstMs` after the last
  * one ended, then after each wait doubled while it stays within `MAX_IDLE_TRIM_MS` (by default at 1, 3, 7,
  * 15, 31 and 63 s), and then no more. A new download stops the trims.
+ *
+ * Each trim waits for a quiet moment, `firstMs` without a request begun (see `touch`): its full
+ * collection holds the event loop for 15-25 ms after a burst (81 ms on a core shared with the burst's
+ * clients), and a request that came meanwhile waited for it. Clients still reading their last bytes from
+ * the kernel's buffers, a second after the proxy wrote them, are still asking. A steady stream of
+ * requests puts a trim off until `MAX_IDLE_TRIM_MS` after the proxy fell idle, no longer.
  */
 export class IdleTrim {
   private timer: NodeJS.Timeout | undefined
   /** Counts idle spells, so that a trim of an earlier one never goes on into a later one. */
   private spell = 0
+  private idleSince = 0
+  private lastRequest = -Infinity
   private trim: Promise<(() => void) | undefined> | undefined
 
   constructor(
@@ -95,18 +103,31 @@ export class IdleTrim {
 
   idle(): void {
     this.busy()
-    this.schedule(this.spell, this.firstMs)
+    this.idleSince = performance.now()
+    this.schedule(this.spell, this.firstMs, this.firstMs)
   }
 
-  private schedule(spell: number, wait: number): void {
+  /** A request began: the next trim waits until `firstMs` have gone by without one. */
+  touch(): void {
+    this.lastRequest = performance.now()
+  }
+
+  /** Arms the trim `delay` from now; `wait` is the gap it doubles from. */
+  private schedule(spell: number, wait: number, delay: number): void {
     this.timer = setTimeout(() => {
+      const now = performance.now()
+      const quietFor = now - this.lastRequest
+      if (quietFor < this.firstMs && now - this.idleSince < MAX_IDLE_TRIM_MS) {
+        this.schedule(spell, wait, this.firstMs - quietFor)
+        return
+      }
       this.trim ??= this.load()
       void this.trim.then((trim) => {
         if (!trim || spell !== this.spell) return
         trim()
-        if (wait * 2 <= MAX_IDLE_TRIM_MS) this.schedule(spell, wait * 2)
+        if (wait * 2 <= MAX_IDLE_TRIM_MS) this.schedule(spell, wait * 2, wait * 2)
       })
-    }, wait)
+    }, delay)
     // Never keeps the process alive.
     this.timer.unref()
   }

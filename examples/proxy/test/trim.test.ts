@@ -1,7 +1,17 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { runInNewContext } from 'node:vm'
-import { describe, expect, it } from 'vitest'
-import { IdleTrim, loadCollector, loadIdleRelease, loadMallocTrim } from '../src/trim.js'
+import { describe, expect, it, vi } from 'vitest'
+import { IdleTrim, MAX_IDLE_TRIM_MS, loadCollector, loadIdleRelease, loadMallocTrim } from '../src/trim.js'
+
+/** Runs `test` with setTimeout and performance.now() on a clock the test moves itself. */
+async function onFakeClock(test: () => Promise<void>): Promise<void> {
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] })
+  try {
+    await test()
+  } finally {
+    vi.useRealTimers()
+  }
+}
 
 describe('IdleTrim', () => {
   it('trims once the proxy is idle, again after doubling waits, and stops when a download starts', async () => {
@@ -18,6 +28,37 @@ describe('IdleTrim', () => {
     await sleep(150)
     expect(trims).toBe(2)
   })
+
+  it('waits for a quiet moment: no trim while requests keep coming, one a quiet second after they stop', () =>
+    onFakeClock(async () => {
+      let trims = 0
+      const trim = new IdleTrim(1000, async () => () => void trims++)
+      trim.idle()
+      // A request every 100 ms for 5 s.
+      for (let i = 0; i < 50; i++) {
+        trim.touch()
+        await vi.advanceTimersByTimeAsync(100)
+      }
+      expect(trims).toBe(0)
+      await vi.advanceTimersByTimeAsync(1000)
+      expect(trims).toBe(1)
+    }))
+
+  it('puts a trim off no longer than MAX_IDLE_TRIM_MS after the proxy fell idle', () =>
+    onFakeClock(async () => {
+      let trims = 0
+      const trim = new IdleTrim(1000, async () => () => void trims++)
+      trim.idle()
+      let asked = 0
+      while (trims === 0 && asked < MAX_IDLE_TRIM_MS + 5000) {
+        trim.touch()
+        await vi.advanceTimersByTimeAsync(100)
+        asked += 100
+      }
+      expect(trims).toBe(1)
+      expect(asked).toBeGreaterThanOrEqual(MAX_IDLE_TRIM_MS)
+      expect(asked).toBeLessThanOrEqual(MAX_IDLE_TRIM_MS + 1100)
+    }))
 
   it('finds glibc malloc_trim on a glibc Linux, and its call resolves once the trim is over', async () => {
     const trim = await loadMallocTrim()
