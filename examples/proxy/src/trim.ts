@@ -24,7 +24,15 @@ export async function loadMallocTrim(): Promise<(() => Promise<void>) | undefine
     // Only glibc has this library name and this function; anything else throws here.
     const { default: koffi } = await import('koffi')
     const trim = koffi.load('libc.so.6').func('int malloc_trim(size_t pad)')
-    return () => new Promise<void>((resolve) => trim.async(0, () => resolve()))
+    return () =>
+      new Promise<void>((resolve) => {
+        try {
+          trim.async(0, () => resolve())
+        } catch {
+          // koffi's queue of calls is full, or the call is refused: no trim this time.
+          resolve()
+        }
+      })
   } catch {
     return undefined
   }
@@ -79,7 +87,8 @@ export async function loadIdleRelease(): Promise<(() => void) | undefined> {
  * collection holds the event loop for 15-25 ms after a burst (81 ms on a core shared with the burst's
  * clients), and a request that came meanwhile waited for it. Clients still reading their last bytes from
  * the kernel's buffers, a second after the proxy wrote them, are still asking. A steady stream of
- * requests puts a trim off until `MAX_IDLE_TRIM_MS` after the proxy fell idle, no longer.
+ * requests puts a trim off until `MAX_IDLE_TRIM_MS` after the proxy fell idle, no longer; the trim it
+ * then forces is the spell's last, so that the stream meets one pause, not one for every trim after.
  */
 export class IdleTrim {
   private timer: NodeJS.Timeout | undefined
@@ -117,7 +126,8 @@ export class IdleTrim {
     this.timer = setTimeout(() => {
       const now = performance.now()
       const quietFor = now - this.lastRequest
-      if (quietFor < this.firstMs && now - this.idleSince < MAX_IDLE_TRIM_MS) {
+      const forced = quietFor < this.firstMs
+      if (forced && now - this.idleSince < MAX_IDLE_TRIM_MS) {
         this.schedule(spell, wait, this.firstMs - quietFor)
         return
       }
@@ -125,7 +135,7 @@ export class IdleTrim {
       void this.trim.then((trim) => {
         if (!trim || spell !== this.spell) return
         trim()
-        if (wait * 2 <= MAX_IDLE_TRIM_MS) this.schedule(spell, wait * 2, wait * 2)
+        if (!forced && wait * 2 <= MAX_IDLE_TRIM_MS) this.schedule(spell, wait * 2, wait * 2)
       })
     }, delay)
     // Never keeps the process alive.

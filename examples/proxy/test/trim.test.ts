@@ -14,20 +14,21 @@ async function onFakeClock(test: () => Promise<void>): Promise<void> {
 }
 
 describe('IdleTrim', () => {
-  it('trims once the proxy is idle, again after doubling waits, and stops when a download starts', async () => {
-    let trims = 0
-    const trim = new IdleTrim(20, async () => () => void trims++)
-    trim.idle()
-    await sleep(5)
-    expect(trims).toBe(0)
-    await sleep(40)
-    expect(trims).toBe(1)
-    await sleep(60)
-    expect(trims).toBe(2)
-    trim.busy()
-    await sleep(150)
-    expect(trims).toBe(2)
-  })
+  it('trims once the proxy is idle, again after doubling waits, and stops when a download starts', () =>
+    onFakeClock(async () => {
+      let trims = 0
+      const trim = new IdleTrim(20, async () => () => void trims++)
+      trim.idle()
+      await vi.advanceTimersByTimeAsync(5)
+      expect(trims).toBe(0)
+      await vi.advanceTimersByTimeAsync(20)
+      expect(trims).toBe(1)
+      await vi.advanceTimersByTimeAsync(40)
+      expect(trims).toBe(2)
+      trim.busy()
+      await vi.advanceTimersByTimeAsync(1000)
+      expect(trims).toBe(2)
+    }))
 
   it('waits for a quiet moment: no trim while requests keep coming, one a quiet second after they stop', () =>
     onFakeClock(async () => {
@@ -58,6 +59,26 @@ describe('IdleTrim', () => {
       expect(trims).toBe(1)
       expect(asked).toBeGreaterThanOrEqual(MAX_IDLE_TRIM_MS)
       expect(asked).toBeLessThanOrEqual(MAX_IDLE_TRIM_MS + 1100)
+      // The forced trim is the spell's last: the stream meets no other pause.
+      for (let i = 0; i < 1300; i++) {
+        trim.touch()
+        await vi.advanceTimersByTimeAsync(100)
+      }
+      expect(trims).toBe(1)
+    }))
+
+  it('lets a download that starts while a trim waits for quiet cancel it', () =>
+    onFakeClock(async () => {
+      let trims = 0
+      const trim = new IdleTrim(1000, async () => () => void trims++)
+      trim.idle()
+      await vi.advanceTimersByTimeAsync(900)
+      trim.touch()
+      // Due at 1000 ms, put off until a quiet second after the request: 1900 ms.
+      await vi.advanceTimersByTimeAsync(300)
+      trim.busy()
+      await vi.advanceTimersByTimeAsync(10_000)
+      expect(trims).toBe(0)
     }))
 
   it('finds glibc malloc_trim on a glibc Linux, and its call resolves once the trim is over', async () => {

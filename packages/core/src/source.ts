@@ -198,7 +198,7 @@ export class SourceStream {
     this.queueTimer = undefined
   }
 
-  /** Bytes this source handed out last and has yet to count against the turn's share. */
+  /** Bytes this source handed out since it last took its share of a turn. */
   private owed = 0
 
   /** The next chunk at `position`, or undefined at the body's end or at `end`. */
@@ -207,24 +207,32 @@ export class SourceStream {
     if (this.held) {
       const chunk = this.held
       this.held = undefined
-      this.owed = chunk.length
-      return this.take(chunk)
+      return this.handOut(chunk)
     }
     // Its turn comes before the stall clock starts: time given to other work is never the source's.
     if (this.owed > 0) {
       const turn = ingest.take(this.owed)
       this.owed = 0
-      if (turn) await turn
+      if (turn) {
+        await turn
+        // Closed or aborted meanwhile: the backend is not asked again.
+        if (this.failure !== undefined) throw this.failure
+        if (this.signal.aborted) throw this.signal.reason
+      }
     }
     this.beginWait()
     try {
       const chunk = await this.next()
-      if (chunk === undefined) return undefined
-      this.owed = chunk.length
-      return this.take(chunk)
+      return chunk === undefined ? undefined : this.handOut(chunk)
     } finally {
       this.endWait()
     }
+  }
+
+  private handOut(chunk: Uint8Array): Uint8Array {
+    const out = this.take(chunk)
+    this.owed += out.length
+    return out
   }
 
   /**

@@ -1,3 +1,5 @@
+import { setImmediate } from 'node:timers'
+
 /**
  * Shares work out among turns of the event loop: at most `perTurn` units (bytes read or written, requests
  * started) in one turn; past that, takers wait for a later turn, in the order they asked. Work that
@@ -45,7 +47,11 @@ export class TurnPacer {
     return new Promise((go) => this.waiting.push({ units, go }))
   }
 
-  /** setImmediate runs after the poll phase, so each turn's I/O and timers come between two shares. */
+  /**
+   * setImmediate runs after the poll phase, so each turn's I/O and timers come between two shares. It is
+   * node:timers' own, taken when this module loads: a global that a test's fake timers replace for a while
+   * would keep the one call that resets the share, and every download of the process would stop for good.
+   */
   private schedule(): void {
     if (this.scheduled) return
     this.scheduled = true

@@ -1,5 +1,5 @@
 import { setImmediate as nextTurn } from 'node:timers/promises'
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, vi } from 'vitest'
 import { TurnPacer } from '../src/turns.js'
 
 describe('TurnPacer', () => {
@@ -50,5 +50,18 @@ describe('TurnPacer', () => {
     const pacer = new TurnPacer(1000)
     expect(pacer.take(10)).toBeUndefined()
     expect(pacer.take(10)).toBeUndefined()
+  })
+
+  it('goes on sharing turns after fake timers came and went while a share was open', async () => {
+    const pacer = new TurnPacer(100)
+    vi.useFakeTimers()
+    try {
+      // This share's reset is scheduled now: with a faked setImmediate it would never run.
+      expect(pacer.take(100)).toBeUndefined()
+    } finally {
+      vi.useRealTimers()
+    }
+    await nextTurn()
+    expect(pacer.take(1)).toBeUndefined()
   })
 })
