@@ -12,6 +12,7 @@ import { Donation } from './donation.js'
 import { startEmbeddedIpfs, type EmbeddedIpfs } from './embedded-ipfs.js'
 import type { LanPeers } from './lan.js'
 import { peerBackend } from './peers.js'
+import { logDestination } from './log.js'
 import { PeerMappings } from './peer-mappings.js'
 import { ProxyStore } from './store-wiring.js'
 import { parseProxyArgs, ProxyUsageError, USAGE, type ProxyArgs } from './args.js'
@@ -160,7 +161,9 @@ async function main(): Promise<void> {
     fail(`--index: ${(error as Error).message.split('\n')[0]}`)
   }
   const { backends: p2p, torrentClient, embedded } = await p2pBackends(args, index)
-  const logger = pino()
+  // Lines dropped before the proxy (and its metrics) exists are not counted: a handful at most.
+  let countDrop = (): void => {}
+  const logger = pino(logDestination(() => countDrop()))
   const lan = args.lan ? await lanPeers(args, logger) : undefined
   // A --peer (and a peer found on the LAN) is asked for mappings as a --mappings-from is.
   const mappingPeers = [...new Set([...args.mappingsFrom, ...args.peers])]
@@ -187,6 +190,7 @@ async function main(): Promise<void> {
     ...(peerMappings ? { peerMappings } : {}),
     ...(lan ? { dynamicBackends: () => lan.backends() } : {}),
   })
+  countDrop = () => proxy.metrics.logDropped.inc()
   const url = await proxy.listen().catch((error: Error) => {
     if (error instanceof UpstreamStoreDirError) return fail(error.message)
     return fail(`--listen: ${error.message}`)

@@ -55,6 +55,11 @@ export class ProxyMetrics {
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   })
+  readonly logDropped = new Counter({
+    name: 'narrace_log_lines_dropped_total',
+    help: 'Log lines dropped because stdout took none of the last 8 MiB of them',
+    registers: [this.registry],
+  })
   readonly rejected = new Counter({
     name: 'narrace_rejected_requests_total',
     help: 'Requests refused before reaching any backend, by HTTP status',
