@@ -1,4 +1,7 @@
-/** SIGTERM drains: downloads in flight finish within --shutdown-grace, then the proxy exits 0. */
+/**
+ * SIGTERM drains: downloads in flight finish within --shutdown-grace, then the proxy exits 0; and it exits
+ * even when nobody reads its log.
+ */
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -79,5 +82,27 @@ describe.skipIf(!built)('the proxy on SIGTERM', () => {
     expect(elapsed).toBeGreaterThanOrEqual(900)
     expect(elapsed).toBeLessThan(8_000)
     for (const answer of await Promise.all(answers)) expect(answer.error).toBeDefined()
+  })
+
+  it('exits within seconds when nobody reads its stdout, with log lines still waiting', async () => {
+    // An upstream that refuses every connection: each narinfo is a 503 and a warning of about 3 KiB.
+    const proxy = await startProxy(['--upstream', 'http://127.0.0.1:1', '--index', ':memory:'])
+    try {
+      // The reader stops: the pipe fills, and the lines after wait in the proxy.
+      proxy.child.stdout!.pause()
+      const hashPart = '0'.repeat(32)
+      for (let i = 0; i < 30; i++) {
+        const answers = await Promise.all(Array.from({ length: 20 }, () => get(`${proxy.url}/${hashPart}.narinfo`)))
+        for (const answer of answers) expect(answer.status).toBe(503)
+      }
+      const signalled = performance.now()
+      const code = await Promise.race([proxy.stop('SIGTERM'), sleep(15_000, 'still running', { ref: false })])
+      expect(code).toBe(0)
+      // Its log gets a bounded wait (2 s) at exit, not one as long as the reader's.
+      expect(performance.now() - signalled).toBeLessThan(8_000)
+    } finally {
+      proxy.child.kill('SIGKILL')
+      proxy.child.stdout!.resume()
+    }
   })
 })
