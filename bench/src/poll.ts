@@ -2,6 +2,12 @@ import { request as httpRequest } from 'node:http'
 import { answerParent, spawnRpc } from './child.js'
 import { quantile } from './stats.js'
 
+/** One answer: when it was asked (ms since the epoch, comparable between processes) and its time in ms. */
+export interface Poll {
+  at: number
+  ms: number
+}
+
 /** What a poller saw: how many answers, and their times in ms. */
 export interface PollResult {
   count: number
@@ -9,7 +15,18 @@ export interface PollResult {
   worstMs: number
   p50Ms: number
   p99Ms: number
+  polls: Poll[]
 }
+
+/** The slowest of the answers asked in `[from, to)` (ms since the epoch); 0 with none. */
+export function worstBetween(polls: Poll[], from: number, to = Infinity): number {
+  let worst = 0
+  for (const poll of polls) if (poll.at >= from && poll.at < to) worst = Math.max(worst, poll.ms)
+  return worst
+}
+
+/** Now, in ms since the epoch, at sub-millisecond resolution: what {@link Poll.at} is measured in. */
+export const epochNow = (): number => performance.timeOrigin + performance.now()
 
 /** A poller in a process of its own: `stop()` ends the polling and resolves with what it saw. */
 export interface Poller {
@@ -34,15 +51,16 @@ export async function spawnPoller(url: string, everyMs = 20): Promise<Poller> {
   }
 }
 
-function timeOne(url: string): Promise<{ ms: number; ok: boolean }> {
+function timeOne(url: string): Promise<{ at: number; ms: number; ok: boolean }> {
   return new Promise((resolve) => {
+    const at = epochNow()
     const t0 = performance.now()
     const req = httpRequest(url, { agent: false, timeout: 60_000 })
     req.once('timeout', () => req.destroy())
-    req.once('error', () => resolve({ ms: performance.now() - t0, ok: false }))
+    req.once('error', () => resolve({ at, ms: performance.now() - t0, ok: false }))
     req.once('response', (res) => {
       res.resume()
-      res.once('close', () => resolve({ ms: performance.now() - t0, ok: res.statusCode === 200 && res.complete }))
+      res.once('close', () => resolve({ at, ms: performance.now() - t0, ok: res.statusCode === 200 && res.complete }))
     })
     req.end()
   })
@@ -52,15 +70,15 @@ function timeOne(url: string): Promise<{ ms: number; ok: boolean }> {
 export async function pollFromChild(): Promise<void> {
   const url = process.argv[2]!
   const everyMs = Number(process.argv[3] ?? 20)
-  const times: number[] = []
+  const polls: Poll[] = []
   let failed = 0
   let stopped = false
   const loop = (async () => {
     // One untimed request first: a new process's first one also times its own loading of the client.
     await timeOne(url)
     while (!stopped) {
-      const { ms, ok } = await timeOne(url)
-      times.push(ms)
+      const { at, ms, ok } = await timeOne(url)
+      polls.push({ at, ms })
       if (!ok) failed++
       await new Promise((resolve) => setTimeout(resolve, everyMs))
     }
@@ -70,12 +88,14 @@ export async function pollFromChild(): Promise<void> {
     async () => {
       stopped = true
       await loop
+      const times = polls.map((poll) => poll.ms)
       return {
         count: times.length,
         failed,
         worstMs: Math.max(0, ...times),
         p50Ms: times.length > 0 ? quantile(times, 0.5) : 0,
         p99Ms: times.length > 0 ? quantile(times, 0.99) : 0,
+        polls,
       } satisfies PollResult
     },
     async () => {

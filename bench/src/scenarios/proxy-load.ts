@@ -5,7 +5,8 @@ import { request as httpRequest } from 'node:http'
 import { connect, type Socket } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { narInfoText, randomHashPart } from '../narinfo-text.js'
-import { spawnPoller } from '../poll.js'
+import { spawnFloorServer } from '../floor.js'
+import { epochNow, spawnPoller, worstBetween, type PollResult } from '../poll.js'
 import { FIXTURE_CACHE, fixtureClosure, nixAvailable, nixSandbox, serveCacheDir } from '../nix.js'
 import type { Sample } from '../results.js'
 import type { Scenario } from '../scenario.js'
@@ -92,22 +93,56 @@ async function connections(pid: number, port: number, upstreamPort: number): Pro
   return result
 }
 
-/** GETs a URL over its own connection and reads it all; resolves with the status and the bytes read. */
-function fetchAll(url: string, hangUpAfter?: number): Promise<{ status: number; bytes: number; complete: boolean }> {
+/** What a client got: the status, the bytes read, whether the body was whole, and when its head came (ms since the epoch). */
+interface Fetched {
+  status: number
+  bytes: number
+  complete: boolean
+  headAt: number
+}
+
+/** GETs a URL over its own connection and reads it all. */
+function fetchAll(url: string, hangUpAfter?: number): Promise<Fetched> {
   return new Promise((resolve) => {
     const req = httpRequest(url, { agent: false, timeout: CLIENT_TIMEOUT_MS })
     let bytes = 0
-    req.once('error', () => resolve({ status: 0, bytes, complete: false }))
+    let headAt = NaN
+    req.once('error', () => resolve({ status: 0, bytes, complete: false, headAt }))
     req.once('timeout', () => req.destroy())
     req.once('response', (res) => {
+      headAt = epochNow()
       res.on('data', (chunk: Buffer) => {
         bytes += chunk.length
         if (hangUpAfter !== undefined && bytes >= hangUpAfter) req.destroy()
       })
-      res.once('close', () => resolve({ status: res.statusCode ?? 0, bytes, complete: res.complete }))
+      res.once('close', () => resolve({ status: res.statusCode ?? 0, bytes, complete: res.complete, headAt }))
     })
     req.end()
   })
+}
+
+/** A burst: `clients` GETs of `url` at once, with `/nix-cache-info` of `pollUrl` polled meanwhile. */
+interface Burst {
+  answers: Fetched[]
+  polled: PollResult
+  /** Slowest answer asked while the clients connected and waited for their heads. */
+  connectingMs: number
+  /** Slowest answer asked after every client had its head, while the bodies went out. */
+  streamingMs: number
+}
+
+async function burst(url: string, pollUrl: string, clients: number): Promise<Burst> {
+  const poller = await spawnPoller(pollUrl)
+  const start = epochNow()
+  const answers = await Promise.all(Array.from({ length: clients }, () => fetchAll(url)))
+  const polled = await poller.stop()
+  const lastHead = Math.max(...answers.map((answer) => (Number.isNaN(answer.headAt) ? Infinity : answer.headAt)))
+  return {
+    answers,
+    polled,
+    connectingMs: worstBetween(polled.polls, start, lastHead),
+    streamingMs: worstBetween(polled.polls, lastHead),
+  }
 }
 
 /** Holds a connection open by sending one header byte every 5 s and never ending the head. */
@@ -218,26 +253,62 @@ export const proxyLoad: Scenario = {
     const notMeasured: string[] = []
     const ratios: { id: string; label: string; value: number }[] = []
     try {
-      // One NAR, every client at once.
+      // One NAR, every client at once; first the same burst on a server that does nothing with it.
       const one = await server.add(NAR_SIZE, 1)
       const oneHash = randomHashPart()
       await server.addNarInfo(oneHash, narInfoText(oneHash, one))
+      const floorServer = await spawnFloorServer(CLIENTS)
+      let floor: Burst
+      try {
+        floor = await burst(`${floorServer.url}/held`, `${floorServer.url}/nix-cache-info`, CLIENTS)
+      } finally {
+        await floorServer.close()
+      }
+      signal.throwIfAborted()
       let proxy = await startProxy(server.url)
       try {
         await fetchAll(`${proxy.url}/${oneHash}.narinfo`)
-        const poller = await spawnPoller(`${proxy.url}/nix-cache-info`)
-        const answers = await Promise.all(Array.from({ length: CLIENTS }, () => fetchAll(`${proxy.url}/${one.url}`)))
-        const polled = await poller.stop()
+        const { answers, polled, connectingMs, streamingMs } = await burst(`${proxy.url}/${one.url}`, `${proxy.url}/nix-cache-info`, CLIENTS)
         const worst = polled.worstMs
         const ok = answers.filter((a) => a.status === 200 && a.complete && a.bytes === NAR_SIZE).length
         const downloads = await metric(proxy.url, 'narrace_backend_wins_total')
         const { peak } = await memory(proxy.child.pid!)
-        rows.push({ case: `${CLIENTS} clients, one ${formatSize(NAR_SIZE)} NAR`, ok, 'upstream downloads': downloads, 'peak RSS MiB': round(peak), '/nix-cache-info asked': polled.count, failed: polled.failed, 'p50 ms': round(polled.p50Ms), 'p99 ms': round(polled.p99Ms), 'worst ms': round(worst) })
+        const vsFloor = round(connectingMs / floor.connectingMs)
+        rows.push({
+          case: `${CLIENTS} clients, one ${formatSize(NAR_SIZE)} NAR`,
+          ok,
+          'upstream downloads': downloads,
+          'peak RSS MiB': round(peak),
+          '/nix-cache-info asked': polled.count,
+          failed: polled.failed,
+          'p50 ms': round(polled.p50Ms),
+          'p99 ms': round(polled.p99Ms),
+          'worst ms': round(worst),
+          'worst ms, connecting': round(connectingMs),
+          'worst ms, streaming': round(streamingMs),
+        })
+        rows.push({
+          case: `the same ${CLIENTS} connections to node:http doing nothing with them (baseline)`,
+          ok: floor.answers.filter((a) => a.status === 204).length,
+          '/nix-cache-info asked': floor.polled.count,
+          failed: floor.polled.failed,
+          'p50 ms': round(floor.polled.p50Ms),
+          'p99 ms': round(floor.polled.p99Ms),
+          'worst ms': round(floor.polled.worstMs),
+          'worst ms, connecting': round(floor.connectingMs),
+        })
         samples.push({ variant: 'one NAR', run: 0, ms: worst, bytes: peak * MiB })
         ratios.push({ id: 'proxy-load/one-nar-downloads', label: `upstream downloads for ${CLIENTS} clients of one NAR`, value: downloads })
         ratios.push({ id: 'proxy-load/one-nar-peak-rss-mib', label: 'peak proxy RSS (MiB), one NAR', value: round(peak) })
         ratios.push({ id: 'proxy-load/one-nar-cache-info-ms', label: 'slowest /nix-cache-info meanwhile (ms)', value: round(worst) })
-        log(`one NAR: ${ok}/${CLIENTS} ok, ${downloads} downloads, peak ${round(peak)} MiB, /nix-cache-info p99 ${round(polled.p99Ms)} ms, worst ${round(worst)} ms`)
+        ratios.push({ id: 'proxy-load/one-nar-cache-info-streaming-ms', label: `of those, asked once every client had its head, while ${formatSize(CLIENTS * NAR_SIZE)} went out (ms)`, value: round(streamingMs) })
+        ratios.push({ id: 'proxy-load/one-nar-cache-info-connecting-ms', label: `of those, asked while the ${CLIENTS} connected and waited for their heads (ms)`, value: round(connectingMs) })
+        ratios.push({ id: 'proxy-load/floor-cache-info-connecting-ms', label: `the same ${CLIENTS} connections to node:http doing nothing with them: slowest /nix-cache-info (ms)`, value: round(floor.connectingMs) })
+        ratios.push({ id: 'proxy-load/one-nar-connecting-vs-floor', label: 'slowest /nix-cache-info while connecting, proxy / node:http doing nothing', value: vsFloor })
+        log(
+          `one NAR: ${ok}/${CLIENTS} ok, ${downloads} downloads, peak ${round(peak)} MiB, /nix-cache-info p99 ${round(polled.p99Ms)} ms, ` +
+            `worst ${round(worst)} ms (connecting ${round(connectingMs)}, streaming ${round(streamingMs)}; node:http doing nothing: ${round(floor.connectingMs)})`,
+        )
       } finally {
         await proxy.stop()
       }
@@ -346,6 +417,8 @@ export const proxyLoad: Scenario = {
         `The built proxy (examples/proxy/dist/main.js) in its own process, its one upstream the bench cache in another, all on 127.0.0.1; NARs of ${formatSize(NAR_SIZE)}, verified whole before they go out (8 MiB is the verify-first bound). Clients read everything they get.`,
         'Peak RSS is the kernel\'s high-water mark (VmHWM) of the proxy process; idle RSS is VmRSS 5 s after the last client.',
         '/nix-cache-info is asked every 20 ms, each time over a new connection, by a process of its own while the clients read: timed as another client (Nix) sees it, not through the bench\'s event loop, which is busy reading 500 bodies (timed from there, the same proxy answers within seconds).',
+        `Its answers are split at the moment the last of the ${CLIENTS} clients had its response head: before, while they connect and wait (every connection is accepted and its request parsed on the proxy\'s one thread, first come first served, the poller\'s among them); after, while the bodies go out.`,
+        `The baseline in the same run: the same ${CLIENTS} clients and poller against node:http with its defaults in a process of its own, which answers /nix-cache-info at once and holds every other request, doing nothing, until all ${CLIENTS} are in (then an empty 204 each). It shows what accepting that many connections at once costs on this machine before a server does anything with them.`,
         `Upstream downloads are counted by the proxy's narrace_backend_wins_total: one per race.`,
         `Slowloris connections send a request head one byte every 5 s; the proxy cuts heads after 10 s. Every client has a ${CLIENT_TIMEOUT_MS / 1000} s timeout.`,
         'After the hang-ups, the proxy\'s connections are counted from its descriptors and /proc/net/tcp: accepted from clients, and dialled to the upstream, which undici keeps alive for as long as the upstream allows (60 s for the bench cache), at most --max-connections.',

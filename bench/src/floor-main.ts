@@ -1,0 +1,3 @@
+import { floorFromChild } from './floor.js'
+
+await floorFromChild()

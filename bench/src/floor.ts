@@ -1,0 +1,61 @@
+import { once } from 'node:events'
+import { createServer, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { answerParent, spawnRpc } from './child.js'
+
+/** How long the floor server holds requests at most before it answers them anyway. */
+const HOLD_LIMIT_MS = 60_000
+
+/** A server that does no work of its own, for a baseline taken in the same run as the proxy. */
+export interface FloorServer {
+  url: string
+  close(): Promise<void>
+}
+
+type Call = { op: 'close' }
+
+/**
+ * Starts, in a process of its own, the least an HTTP server on Node can do under a burst: node:http with
+ * its defaults, `/nix-cache-info` answered at once, and every other request held, unanswered and without
+ * any work, until `expect` of them have arrived (or a minute has passed); then each gets an empty 204. A
+ * poller beside a burst of `expect` clients then times what accepting and parsing that many connections
+ * costs on this machine, whatever a server does with them afterwards.
+ */
+export async function spawnFloorServer(expect: number): Promise<FloorServer> {
+  const child = await spawnRpc<Call>('floor-main', [String(expect)])
+  return {
+    url: child.ready as string,
+    close: () => child.close(),
+  }
+}
+
+/** The body of the child process started by {@link spawnFloorServer}. */
+export async function floorFromChild(): Promise<void> {
+  const expect = Number(process.argv[2])
+  const held: ServerResponse[] = []
+  const releaseAll = (): void => {
+    for (const res of held.splice(0)) res.writeHead(204).end()
+  }
+  const server = createServer((req, res) => {
+    if (req.url === '/nix-cache-info') {
+      res.end('StoreDir: /nix/store\n')
+      return
+    }
+    held.push(res)
+    if (held.length >= expect) releaseAll()
+  })
+  const limit = setInterval(releaseAll, HOLD_LIMIT_MS)
+  server.listen({ host: '127.0.0.1', port: 0 })
+  await once(server, 'listening')
+  const { port } = server.address() as AddressInfo
+  answerParent<Call & { id: number }>(
+    `http://127.0.0.1:${port}`,
+    async () => undefined,
+    async () => {
+      clearInterval(limit)
+      releaseAll()
+      server.closeAllConnections()
+      server.close()
+    },
+  )
+}
