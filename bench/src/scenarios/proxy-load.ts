@@ -136,7 +136,9 @@ async function burst(url: string, pollUrl: string, clients: number): Promise<Bur
   const start = epochNow()
   const answers = await Promise.all(Array.from({ length: clients }, () => fetchAll(url)))
   const polled = await poller.stop()
-  const lastHead = Math.max(...answers.map((answer) => (Number.isNaN(answer.headAt) ? Infinity : answer.headAt)))
+  // A client that failed got no head: the split is at the last head that came (those failures show in `ok`).
+  const heads = answers.map((answer) => answer.headAt).filter((at) => !Number.isNaN(at))
+  const lastHead = heads.length > 0 ? Math.max(...heads) : Infinity
   return {
     answers,
     polled,
@@ -251,7 +253,7 @@ export const proxyLoad: Scenario = {
     const server = await spawnNarServer()
     const rows: Record<string, string | number>[] = []
     const notMeasured: string[] = []
-    const ratios: { id: string; label: string; value: number }[] = []
+    const ratios: { id: string; label: string; value: number | null }[] = []
     try {
       // One NAR, every client at once; first the same burst on a server that does nothing with it.
       const one = await server.add(NAR_SIZE, 1)
@@ -273,7 +275,7 @@ export const proxyLoad: Scenario = {
         const ok = answers.filter((a) => a.status === 200 && a.complete && a.bytes === NAR_SIZE).length
         const downloads = await metric(proxy.url, 'narrace_backend_wins_total')
         const { peak } = await memory(proxy.child.pid!)
-        const vsFloor = round(connectingMs / floor.connectingMs)
+        const vsFloor = floor.connectingMs > 0 ? round(connectingMs / floor.connectingMs) : null
         rows.push({
           case: `${CLIENTS} clients, one ${formatSize(NAR_SIZE)} NAR`,
           ok,
