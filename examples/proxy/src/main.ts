@@ -12,7 +12,7 @@ import { Donation } from './donation.js'
 import { startEmbeddedIpfs, type EmbeddedIpfs } from './embedded-ipfs.js'
 import type { LanPeers } from './lan.js'
 import { peerBackend } from './peers.js'
-import { closeLog, logDestination, unblockLogOutput } from './log.js'
+import { logDestination } from './log.js'
 import { PeerMappings } from './peer-mappings.js'
 import { ProxyStore } from './store-wiring.js'
 import { parseProxyArgs, ProxyUsageError, USAGE, type ProxyArgs } from './args.js'
@@ -163,9 +163,8 @@ async function main(): Promise<void> {
   const { backends: p2p, torrentClient, embedded } = await p2pBackends(args, index)
   // Lines dropped before the proxy (and its metrics) exists are not counted: a handful at most.
   let countDrop = (): void => {}
-  await unblockLogOutput()
   const logOut = logDestination(() => countDrop())
-  const logger = pino(logOut)
+  const logger = pino({}, logOut)
   const lan = args.lan ? await lanPeers(args, logger) : undefined
   // A --peer (and a peer found on the LAN) is asked for mappings as a --mappings-from is.
   const mappingPeers = [...new Set([...args.mappingsFrom, ...args.peers])]
@@ -221,7 +220,7 @@ async function main(): Promise<void> {
       logger.error({ err: error }, 'narrace proxy did not stop cleanly')
       code = 1
     }
-    await closeLog(logOut)
+    await logOut.close()
     process.exit(code)
   }
   process.once('SIGINT', (signal) => void stop(signal))
