@@ -3,7 +3,7 @@ import { createServer, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { answerParent, spawnRpc } from './child.js'
 
-/** How long the floor server holds requests at most before it answers them anyway. */
+/** How often the floor server answers what it holds, whether or not all have arrived. */
 const HOLD_LIMIT_MS = 60_000
 
 /** A server that does no work of its own, for a baseline taken in the same run as the proxy. */
@@ -17,7 +17,7 @@ type Call = { op: 'close' }
 /**
  * Starts, in a process of its own, the least an HTTP server on Node can do under a burst: node:http with
  * its defaults, `/nix-cache-info` answered at once, and every other request held, unanswered and without
- * any work, until `expect` of them have arrived (or a minute has passed); then each gets an empty 204. A
+ * any work, until `expect` of them have arrived (and in any case once a minute); then each gets an empty 204. A
  * poller beside a burst of `expect` clients then times what accepting and parsing that many connections
  * costs on this machine, whatever a server does with them afterwards.
  */

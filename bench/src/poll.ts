@@ -73,9 +73,10 @@ export async function pollFromChild(): Promise<void> {
   const polls: Poll[] = []
   let failed = 0
   let stopped = false
+  // One untimed request first, before the parent hears it is ready: a new process's first one also times
+  // its own loading of the client, and it must not take the place of the first timed one in a burst.
+  await timeOne(url)
   const loop = (async () => {
-    // One untimed request first: a new process's first one also times its own loading of the client.
-    await timeOne(url)
     while (!stopped) {
       const { at, ms, ok } = await timeOne(url)
       polls.push({ at, ms })
