@@ -1,5 +1,3 @@
-import { fstatSync } from 'node:fs'
-import { Socket } from 'node:net'
 import type { Writable } from 'node:stream'
 
 /** Bytes of log lines held for stdout at most; past them, lines are dropped and counted. @default 8 MiB */
@@ -17,42 +15,16 @@ export interface LogDestination {
   close(ms?: number): Promise<void>
 }
 
-/** The streams `logOutput` made: `close()` ends them. */
-const ownStreams = new WeakSet<Writable>()
-
 /**
- * Where the log goes: stdout. A pipe or a socket there gets a libuv stream of its own, whose writes never
- * block: a write that cannot go at once waits in memory and goes as soon as the reader makes room.
- * Node's own `process.stdout` writes to pipes and sockets synchronously on Linux (its documentation says
- * so), so a reader that stopped would hold the event loop. Once made, this stream is `process.stdout` too, so a `console.log`
- * anywhere in the process writes through it. A file or a terminal keeps Node's own `process.stdout`. So
- * does a stdout that something touched before the log was made.
+ * The proxy's log: lines go to `out` (stdout), with at most `maxBytes` waiting for a reader; past that a
+ * line is dropped and `onDrop` told. On a pipe or a socket, Node's stdout is a libuv stream: a write that
+ * can't go at once waits in memory and goes as soon as the reader makes room. So a slow reader gets every
+ * line at its own pace, and one that stopped never blocks the proxy nor keeps it from exiting (exit does
+ * not wait for what is queued there). pino's own destination wrote on libuv's thread pool, which exit
+ * joins, so a write waiting on a full pipe held the exit for good; it also held lines without limit.
+ * Once `out` fails (the reader went away), lines are dropped and counted.
  */
-export function logOutput(fd = 1): Writable {
-  try {
-    const stat = fstatSync(fd)
-    if (stat.isFIFO() || stat.isSocket()) {
-      const socket = new Socket({ fd, readable: false, writable: true })
-      ownStreams.add(socket)
-      // fd 1 can have one handle only: `process.stdout` made later would throw. It is this stream now.
-      if (fd === 1) Object.defineProperty(process, 'stdout', { configurable: true, enumerable: true, get: () => socket })
-      return socket
-    }
-  } catch {
-    // A closed stdout, or one that `process.stdout` holds already (EEXIST): Node's stream serves.
-  }
-  return process.stdout
-}
-
-/**
- * The proxy's log: lines go to `out`, with at most `maxBytes` waiting for a reader; past that a line is
- * dropped and `onDrop` told. A slow reader gets every line at its own pace, and one that stopped never
- * blocks the proxy nor (unlike pino's destination, whose write waits on a thread of libuv's pool, and
- * exit joins them) keeps it from exiting. pino's own destinations held lines without limit, or, on a
- * non-blocking pipe, retried it only every 100 ms, which a reader slower than the proxy never caught up
- * with. Once `out` fails (the reader went away), lines are dropped and counted.
- */
-export function logDestination(onDrop: () => void, out: Writable = logOutput(), maxBytes = LOG_BUFFER_BYTES): LogDestination {
+export function logDestination(onDrop: () => void, out: Writable = process.stdout, maxBytes = LOG_BUFFER_BYTES): LogDestination {
   let broken = false
   out.on('error', () => (broken = true))
   return {
@@ -75,8 +47,6 @@ export function logDestination(onDrop: () => void, out: Writable = logOutput(), 
         function done(): void {
           clearInterval(check)
           clearTimeout(timer)
-          // What is left is dropped here: a write still pending on the way out held the exit.
-          if (ownStreams.has(out)) out.destroy()
           resolve()
         }
       })
