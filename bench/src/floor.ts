@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net'
 import { answerParent, spawnRpc } from './child.js'
 
 /** How often the floor server answers what it holds, whether or not all have arrived. */
-const HOLD_LIMIT_MS = 60_000
+const RELEASE_EVERY_MS = 60_000
 
 /** A server that does no work of its own, for a baseline taken in the same run as the proxy. */
 export interface FloorServer {
@@ -44,7 +44,7 @@ export async function floorFromChild(): Promise<void> {
     held.push(res)
     if (held.length >= expect) releaseAll()
   })
-  const limit = setInterval(releaseAll, HOLD_LIMIT_MS)
+  const limit = setInterval(releaseAll, RELEASE_EVERY_MS)
   server.listen({ host: '127.0.0.1', port: 0 })
   await once(server, 'listening')
   const { port } = server.address() as AddressInfo

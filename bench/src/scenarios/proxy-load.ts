@@ -125,9 +125,9 @@ function fetchAll(url: string, hangUpAfter?: number): Promise<Fetched> {
 interface Burst {
   answers: Fetched[]
   polled: PollResult
-  /** Slowest answer asked while the clients connected and waited for their heads. */
+  /** Slowest answer asked before the last head came: while the clients connected and waited for their heads. */
   connectingMs: number
-  /** Slowest answer asked after every client had its head, while the bodies went out. */
+  /** Slowest answer asked after the last head came, while the bodies went out. */
   streamingMs: number
 }
 

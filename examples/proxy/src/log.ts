@@ -25,22 +25,24 @@ export interface LogDestination {
  * Once `out` fails (the reader went away), lines are dropped and counted.
  */
 export function logDestination(onDrop: () => void, out: Writable = process.stdout, maxBytes = LOG_BUFFER_BYTES): LogDestination {
-  let broken = false
-  out.on('error', () => (broken = true))
+  // An error (EPIPE: the reader went away) destroys the stream; it must not go uncaught on the way.
+  out.on('error', () => {})
+  const gone = (): boolean => out.destroyed || out.errored !== null
+  const settled = (): boolean => gone() || out.writableLength === 0
   return {
     write(line) {
-      if (broken || out.destroyed || out.writableLength > maxBytes) {
+      if (gone() || out.writableLength > maxBytes) {
         onDrop()
         return
       }
       out.write(line)
     },
     close(ms = LOG_CLOSE_MS) {
-      if (broken || out.destroyed || out.writableLength === 0) return Promise.resolve()
+      if (settled()) return Promise.resolve()
       return new Promise((resolve) => {
         // 'drain' comes only after a write that was refused, so the length is watched instead.
         const check = setInterval(() => {
-          if (broken || out.destroyed || out.writableLength === 0) done()
+          if (settled()) done()
         }, CLOSE_CHECK_MS)
         // Past the deadline the rest is left behind: exit does not wait for it.
         const timer = setTimeout(done, ms)
