@@ -130,9 +130,31 @@ export class UpstreamHealth extends EventEmitter<{ change: [up: boolean] }> {
       settled = true
       if (outcome === 'answered') this.#answered()
       else if (outcome === 'connection-failed') this.#failed(error, probe)
-      // A probe that ended without a verdict (aborted) leaves the next request to probe.
-      else if (probe && this.#state === 'probing') this.#state = 'down'
+      // A probe that ended without a verdict (aborted: another source won) leaves the next probe to the
+      // next backoff, not to the next request; its connect, still under way, may yet bring a verdict.
+      else if (probe && this.#state === 'probing') {
+        this.#state = 'down'
+        this.#retryAt = this.#now() + this.#backoffMs
+      }
     }
+  }
+
+  /**
+   * A connection to the upstream was made, whatever became of the request that asked for it: a skipped
+   * upstream is back. One that is up keeps its count, which only an answer resets (a cache that accepts
+   * connections and never answers must still go down).
+   */
+  connected(): void {
+    if (this.#state !== 'up') this.#answered()
+  }
+
+  /**
+   * A connection attempt failed, whatever became of the request that asked for it: a request that lost
+   * the race is aborted long before a connect to a cache that drops packets times out, and would
+   * otherwise never count. `probe`: the attempt began while a probe was under way.
+   */
+  connectFailed(error: unknown, probe: boolean): void {
+    this.#failed(error, probe)
   }
 
   #answered(): void {

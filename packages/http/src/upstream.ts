@@ -1,5 +1,5 @@
 import { NarBackendError } from '@narrace/core'
-import { interceptors, request, type Dispatcher } from 'undici'
+import { interceptors, request, type buildConnector, type Dispatcher } from 'undici'
 import { guardedConnect, type LookupFunction } from './addresses.js'
 import { OriginPools } from './pools.js'
 import { isConnectionFailure, upstreamHealth, type UpstreamHealth } from './health.js'
@@ -191,6 +191,38 @@ function userInfo(url: URL, name: string): { login: string; password: string } {
   }
 }
 
+/** Connect errors already told to a breaker, so that the request they fail does not count them again. */
+const toldBreaker = new WeakSet<object>()
+
+function countedConnect(error: unknown): boolean {
+  for (let e = error, depth = 0; typeof e === 'object' && e !== null && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+    if (toldBreaker.has(e)) return true
+  }
+  return false
+}
+
+/**
+ * Tells `health` how each connection attempt of `connect` ended, whether or not a request still waits
+ * for it: undici goes on connecting after the request that asked is aborted, and that verdict is the
+ * only one a cache that drops packets ever gives while another source keeps winning.
+ */
+function watchedConnect(connect: buildConnector.connector, health: UpstreamHealth): buildConnector.connector {
+  return (options, callback) => {
+    // Nothing but a probe gets through while one is under way: a connect begun then is the probe's.
+    const probe = health.state === 'probing'
+    connect(options, (...result) => {
+      const [error] = result
+      if (error) {
+        if (isConnectionFailure(error)) {
+          toldBreaker.add(error)
+          health.connectFailed(error, probe)
+        }
+      } else health.connected()
+      callback(...result)
+    })
+  }
+}
+
 /**
  * One binary cache as narrace reaches it: keep-alive pools whose connects refuse private addresses
  * the cache has no business with, undici's redirect interceptor with every hop checked against the
@@ -236,7 +268,10 @@ export class HttpUpstream {
     const connections = checkConnections(options.connections ?? DEFAULT_CONNECTIONS)
     this.#agent = options.dispatcher
       ? undefined
-      : new OriginPools({ connections, connect: guardedConnect({ cacheHost: base.hostname, name, timeout, lookup: options.lookup }) })
+      : new OriginPools({
+          connections,
+          connect: watchedConnect(guardedConnect({ cacheHost: base.hostname, name, timeout, lookup: options.lookup }), this.health),
+        })
     const hops = new WeakSet<object>()
     const guard: Dispatcher.DispatcherComposeInterceptor = (dispatch) => (opts, handler) => {
       const redirect = hops.has(handler)
@@ -309,7 +344,8 @@ export class HttpUpstream {
       const dispatch = { dispatcher: this.dispatcher, method: 'GET', headers: options.headers, signal, ...(queued && { queued }) }
       response = await request<null>(target, dispatch as Parameters<typeof request<null>>[1])
     } catch (error) {
-      settle(signal?.aborted ? 'none' : isConnectionFailure(error) ? 'connection-failed' : 'answered', error)
+      // A failed connect of the upstream's own pools was counted where it happened.
+      settle(signal?.aborted || countedConnect(error) ? 'none' : isConnectionFailure(error) ? 'connection-failed' : 'answered', error)
       throw requestError(error, target.href, this.name, signal)
     }
     settle('answered')

@@ -1,8 +1,9 @@
 import { NarBackendError, NarUnavailableError, parseNarHash, resolveNar } from '@narrace/core'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { createServer, type Server, type Socket } from 'node:net'
+import { connect, createServer, type Server, type Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
-import { refusedPort } from '../../../test/support/cache-server.js'
+import { refusedPort, startCacheServer } from '../../../test/support/cache-server.js'
 import { fixtures } from '../../../test/fixtures/index.js'
 import { httpBackend, resolveNarInfo, UpstreamHealth, type HttpBackend } from '../src/index.js'
 
@@ -27,6 +28,38 @@ async function startResetter(): Promise<{ port: number; connections: () => numbe
         for (const s of sockets) s.destroy()
         server.close(() => resolve())
       }),
+  }
+}
+
+/**
+ * A listener in a process of its own that stops accepting (its only thread sleeps) with a full accept
+ * queue: the kernel drops every further SYN, so a connect hangs until it times out, as to a cache whose
+ * host drops packets.
+ */
+async function startBlackhole(): Promise<{ port: number; close(): void }> {
+  const source = `
+    const server = require('node:net').createServer()
+    server.listen({ host: '127.0.0.1', port: 0, backlog: 1 }, () => {
+      process.stdout.write(server.address().port + '\\n', () => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0))
+    })`
+  const child = spawn(process.execPath, ['-e', source], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const [line] = (await once(child.stdout!, 'data')) as [Buffer]
+  const port = Number(line.toString().trim())
+  const held: Socket[] = []
+  // Connections the kernel completes into the queue that nobody drains, until one hangs.
+  for (let i = 0; i < 16; i++) {
+    const socket = connect(port, '127.0.0.1')
+    socket.on('error', () => {})
+    held.push(socket)
+    const connected = await Promise.race([once(socket, 'connect').then(() => true), new Promise((r) => setTimeout(r, 300, false))])
+    if (!connected) break
+  }
+  return {
+    port,
+    close() {
+      for (const socket of held) socket.destroy()
+      child.kill('SIGKILL')
+    },
   }
 }
 
@@ -57,10 +90,13 @@ describe('UpstreamHealth', () => {
     now = 3000
     health.admit()('connection-failed', refused)
     expect(health.retryAt).toBe(7000)
-    // An aborted probe gives no verdict: the next request probes at once.
+    // An aborted probe gives no verdict: the next probe waits for the same backoff again, not doubled.
     now = 7000
     health.admit()('none')
     expect(health.state).toBe('down')
+    expect(health.retryAt).toBe(11_000)
+    expect(() => health.admit()).toThrow(/next try in 4 s/)
+    now = 11_000
     health.admit()('answered')
     expect(health.isUp()).toBe(true)
     expect(changes).toEqual([false, true])
@@ -71,6 +107,42 @@ describe('UpstreamHealth', () => {
       health.admit()('connection-failed', refused)
     }
     expect(health.retryAt - now).toBe(60_000)
+  })
+})
+
+describe('UpstreamHealth and connection attempts', () => {
+  const timeout = Object.assign(new Error('Connect Timeout Error'), { code: 'UND_ERR_CONNECT_TIMEOUT' })
+
+  it('counts failed connects whatever became of their requests, and a connect that went through brings a skipped upstream back', () => {
+    let now = 0
+    const health = new UpstreamHealth('http://u/', { now: () => now })
+    for (let i = 0; i < 3; i++) health.connectFailed(timeout, false)
+    expect(health.state).toBe('down')
+    expect(health.retryAt).toBe(1000)
+    // A connect begun before the upstream went down fails late: counted, but it is not a probe.
+    health.connectFailed(timeout, false)
+    expect(health.retryAt).toBe(1000)
+    now = 1000
+    // The probe loses the race and is aborted; its connect times out afterwards.
+    health.admit()('none')
+    expect(health.retryAt).toBe(2000)
+    health.connectFailed(timeout, true)
+    expect(health.retryAt).toBe(3000)
+    now = 3000
+    health.admit()('none')
+    health.connected()
+    expect(health.isUp()).toBe(true)
+    expect(health.failures).toBe(0)
+  })
+
+  it('keeps the count of an up upstream when a connect goes through: only an answer resets it', () => {
+    const health = new UpstreamHealth('http://u/')
+    health.admit()('connection-failed', timeout)
+    health.admit()('connection-failed', timeout)
+    health.connected()
+    expect(health.failures).toBe(2)
+    health.admit()('connection-failed', timeout)
+    expect(health.isUp()).toBe(false)
   })
 })
 
@@ -106,6 +178,31 @@ describe('a dead upstream', () => {
       expect(dead.connections()).toBe(seen)
     } finally {
       await dead.close()
+    }
+  })
+
+  it('goes down when its connects time out while another source keeps winning, and then costs no connection per NAR', async () => {
+    const hole = await startBlackhole()
+    const cache = await startCacheServer({ root: fixtures.cacheDir })
+    try {
+      const dead = httpBackend({ url: `http://127.0.0.1:${hole.port}/`, connectTimeoutMs: 200 })
+      const good = httpBackend({ url: cache.url })
+      backends.push(dead, good)
+      // Every NAR is won by the cache that works, within milliseconds: the dead one's request is aborted
+      // each time, long before its connect gives up (undici times connects out in ticks of about 0.5 s).
+      for (let i = 0; i < 40 && dead.health.isUp(); i++) {
+        const stream = await resolveNar(small.fileHash, { backends: [dead, good], size: small.fileSize, url: small.url })
+        for await (const _ of stream);
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      expect(dead.health.isUp()).toBe(false)
+      expect(dead.health.failures).toBeGreaterThanOrEqual(3)
+      // Down: the next NARs never reach its pools, and say why it was skipped.
+      const skipped = await dead.fetch(parseNarHash(small.fileHash), { signal: new AbortController().signal, url: small.url }).catch((e: unknown) => e)
+      expect((skipped as Error).message).toMatch(/skipped after \d+ connection failures in a row/)
+    } finally {
+      hole.close()
+      await cache.close()
     }
   })
 
