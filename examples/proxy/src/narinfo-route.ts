@@ -15,13 +15,14 @@ import type { ProxyStore } from './store-wiring.js'
 export const NARINFO_CACHE_BYTES = 32 * 1024 * 1024
 
 /**
- * A narinfo is "not here" only when every cache answered and none gave a valid one (missing, garbage, or
- * not signed by a trusted key). A cache that could not answer may hold it: that is an outage, a 503 that
- * Nix retries, never a 404 that it takes for "not here".
+ * A narinfo is "not here" only when every cache answered that it has none, or one not signed by a trusted
+ * key (which Nix passes over as it does a missing one). A cache that could not answer, or answered with
+ * garbage (an error page under a 200, a narinfo of another path, an endless body), may hold it: that is
+ * an outage, a 503 that Nix retries, never a 404 that it takes for "not here" and remembers for an hour.
  */
 export function isNotFound(error: unknown): boolean {
   const code = codeOf(error)
-  return code === 'NARRACE_NOT_FOUND' || code === 'NARRACE_INVALID_NARINFO'
+  return code === 'NARRACE_NOT_FOUND' || (code === 'NARRACE_INVALID_NARINFO' && (error as { untrusted?: unknown }).untrusted === true)
 }
 
 export interface NarInfoRouteContext {

@@ -116,6 +116,16 @@ describe('the substituter proxy', () => {
     expect((await get(`${proxy.url}/${small.hashPart}.narinfo`)).status).toBe(404)
   })
 
+  it('answers 503, never 404, when the caches answer a narinfo with garbage or another path: a broken cache is no miss', async () => {
+    const proxy = await start({ narInfoTtlMs: 0 })
+    const other = fixtures.path('200k')
+    for (const body of ['<html>Service Unavailable</html>\n', 'StorePath: nonsense\n', `StorePath: ${other.storePath}\nURL: ${other.url}\n`]) {
+      upstream.setFaults({ body }, /\.narinfo$/)
+      const answer = await get(`${proxy.url}/${small.hashPart}.narinfo`)
+      expect(answer.status).toBe(503)
+    }
+  })
+
   it('answers 504 when no upstream finishes a narinfo within narInfoTimeoutMs', async () => {
     const proxy = await start({ narInfoTimeoutMs: 100 })
     upstream.setFaults({ firstByteDelayMs: 5_000 })

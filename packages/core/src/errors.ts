@@ -48,13 +48,24 @@ export class InvalidNarHashError extends NarraceError {
   override readonly code = 'NARRACE_INVALID_HASH' as const
 }
 
-/** Thrown when a narinfo or nix-cache-info can't be parsed. */
+/** Thrown when a narinfo or nix-cache-info can't be parsed, or a narinfo is not one that may be served. */
 export class InvalidNarInfoError extends NarraceError {
   static {
     brand(this, 'InvalidNarInfoError')
   }
   override name = 'InvalidNarInfoError' as const
   override readonly code = 'NARRACE_INVALID_NARINFO' as const
+  /**
+   * True when the narinfo was well formed and only lacked a trusted signature (for an aggregate: when that,
+   * or "not here", is all every cache said). Nix itself passes such a narinfo over as it does a missing
+   * one; garbage, a wrong store path or an endless body is a broken cache, not a miss.
+   */
+  readonly untrusted: boolean
+
+  constructor(message: string, options?: { cause?: unknown; untrusted?: boolean }) {
+    super(message, options)
+    this.untrusted = options?.untrusted ?? false
+  }
 }
 
 /** Thrown when every backend said it has no copy of the file ("not here"); `errors` holds each answer. */

@@ -92,7 +92,8 @@ export async function resolveNarInfo(hashPart: string, options: ResolveNarInfoOp
     const cause = new AggregateError(errors, `${hashPart}.narinfo failed on every cache`)
     // Every cache that answered sent a bad narinfo: that, not the network, is what went wrong.
     if (errors.every((e) => e instanceof NarNotFoundError || e instanceof InvalidNarInfoError)) {
-      throw new InvalidNarInfoError(`no cache gave a valid ${hashPart}.narinfo: ${reasons}`, { cause })
+      const untrusted = errors.every((e) => e instanceof NarNotFoundError || (e as InvalidNarInfoError).untrusted)
+      throw new InvalidNarInfoError(`no cache gave a valid ${hashPart}.narinfo: ${reasons}`, { cause, untrusted })
     }
     // A cache that could not answer may have it: an outage, which Nix must not take for "not here".
     throw new NarUnavailableError(`no cache could give ${hashPart}.narinfo: ${reasons}`, { cause, errors })
@@ -113,7 +114,7 @@ function checkNarInfo(text: string, hashPart: string, cache: string, trustedKeys
     throw new InvalidNarInfoError(`${cache}: ${hashPart}.narinfo describes ${narInfo.storePath}`)
   }
   if (trustedKeys && !verifyNarInfo(narInfo, trustedKeys).valid) {
-    throw new InvalidNarInfoError(`${cache}: ${hashPart}.narinfo has no valid signature by a trusted key`)
+    throw new InvalidNarInfoError(`${cache}: ${hashPart}.narinfo has no valid signature by a trusted key`, { untrusted: true })
   }
   return narInfo
 }

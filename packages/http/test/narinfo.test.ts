@@ -141,12 +141,14 @@ describe('resolveNarInfo', () => {
 
   it('rejects with InvalidNarInfoError when the caches that answered all lied', async () => {
     honest.setFaults({ status: 404 })
-    for (const body of [tampered(), 'garbage\n']) {
+    // Only a narinfo that lacks a trusted signature, beside "not here", counts as untrusted; garbage does not.
+    for (const [body, untrusted] of [[tampered(), true], ['garbage\n', false]] as const) {
       liar.setFaults({ body }, narinfoPath)
       const error = await resolveNarInfo(small.hashPart, { caches: [liar.url, honest.url], trustedKeys, dispatcher })
         .catch((e: unknown) => e)
       expect(error).toBeInstanceOf(InvalidNarInfoError)
       expect((error as InvalidNarInfoError).code).toBe('NARRACE_INVALID_NARINFO')
+      expect((error as InvalidNarInfoError).untrusted).toBe(untrusted)
       expect(((error as Error).cause as AggregateError).errors[1]).toBeInstanceOf(NarNotFoundError)
     }
   })
