@@ -18,6 +18,7 @@ import { ProxyStore } from './store-wiring.js'
 import { parseProxyArgs, ProxyUsageError, USAGE, type ProxyArgs } from './args.js'
 import { UpstreamStoreDirError } from './cache-info.js'
 import { createProxy } from './proxy.js'
+import { warmUp } from './warm-up.js'
 
 /** Backends that own resources the proxy must release on exit. */
 interface Closable extends NarBackend {
@@ -161,8 +162,11 @@ async function main(): Promise<void> {
     fail(`--index: ${(error as Error).message.split('\n')[0]}`)
   }
   const { backends: p2p, torrentClient, embedded } = await p2pBackends(args, index)
-  // Lines dropped before the proxy (and its metrics) exists are not counted: a handful at most.
-  let countDrop = (): void => {}
+  // Lines dropped before the proxy (and its metrics) exists are counted here and handed over then.
+  let droppedEarly = 0
+  let countDrop = (): void => {
+    droppedEarly++
+  }
   const logOut = logDestination(() => countDrop())
   const logger = pino({}, logOut)
   const lan = args.lan ? await lanPeers(args, logger) : undefined
@@ -192,10 +196,13 @@ async function main(): Promise<void> {
     ...(lan ? { dynamicBackends: () => lan.backends() } : {}),
   })
   countDrop = () => proxy.metrics.logDropped.inc()
+  if (droppedEarly > 0) proxy.metrics.logDropped.inc(droppedEarly)
   const url = await proxy.listen().catch((error: Error) => {
     if (error instanceof UpstreamStoreDirError) return fail(error.message)
     return fail(`--listen: ${error.message}`)
   })
+  // Before it says it listens: the first burst of clients meets warm code and a grown heap.
+  await warmUp(proxy.server)
   // The bound port (URL drops a default 80), now that port 0 became a real one.
   lan?.start(Number(new URL(url).port || 80))
   // A log line like every other, so stdout stays one JSON object per line; the words after the URL keep
