@@ -1,5 +1,5 @@
 import { once } from 'node:events'
-import { createServer, type ServerResponse } from 'node:http'
+import { createServer, get, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { answerParent, spawnRpc } from './child.js'
 
@@ -16,10 +16,11 @@ type Call = { op: 'close' }
 
 /**
  * Starts, in a process of its own, the least an HTTP server on Node can do under a burst: node:http with
- * its defaults, `/nix-cache-info` answered at once, and every other request held, unanswered and without
- * any work, until `expect` of them have arrived (and in any case once a minute); then each gets an empty 204. A
- * poller beside a burst of `expect` clients then times what accepting and parsing that many connections
- * costs on this machine, whatever a server does with them afterwards.
+ * its defaults, warmed by 512 requests of its own as the proxy is, `/nix-cache-info` answered at once,
+ * and every other request held, unanswered and without any work, until `expect` of them have arrived
+ * (and in any case once a minute); then each gets an empty 204. A poller beside a burst of `expect`
+ * clients then times what accepting and parsing that many connections costs on this machine, whatever a
+ * server does with them afterwards.
  */
 export async function spawnFloorServer(expect: number): Promise<FloorServer> {
   const child = await spawnRpc<Call>('floor-main', [String(expect)])
@@ -48,6 +49,15 @@ export async function floorFromChild(): Promise<void> {
   server.listen({ host: '127.0.0.1', port: 0 })
   await once(server, 'listening')
   const { port } = server.address() as AddressInfo
+  // Warmed as the proxy warms itself at start (two waves of 256 connections held open), so that neither
+  // meets the burst with cold code.
+  for (let wave = 0; wave < 2; wave++) {
+    await Promise.all(
+      Array.from({ length: 256 }, () => new Promise<void>((resolve) => {
+        get({ host: '127.0.0.1', port, path: '/nix-cache-info', agent: false }, (res) => res.resume().once('end', resolve)).once('error', () => resolve())
+      })),
+    )
+  }
   answerParent<Call & { id: number }>(
     `http://127.0.0.1:${port}`,
     async () => undefined,
