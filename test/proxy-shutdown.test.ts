@@ -3,7 +3,9 @@
  * even when nobody reads its log.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
@@ -12,7 +14,7 @@ import { parseNarHash } from '@narrace/core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { get } from '../examples/proxy/test/support/client.js'
 import { startCacheServer, type CacheServer } from './support/cache-server.js'
-import { built, startProxy } from './support/proxy-process.js'
+import { built, main, startProxy } from './support/proxy-process.js'
 
 if (!built) console.warn('test/proxy-shutdown.test.ts: skipped, examples/proxy is not built (run `pnpm build`)')
 
@@ -105,4 +107,41 @@ describe.skipIf(!built)('the proxy on SIGTERM', () => {
       proxy.child.stdout!.resume()
     }
   })
+
+  it('stops cleanly, exit 0, on a signal that comes while it listens but still warms up', async () => {
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      const child = spawn(process.execPath, [main, '--listen', '127.0.0.1:0', '--upstream', upstream.url, '--index', ':memory:'], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      })
+      let out = ''
+      child.stdout!.on('data', (data: Buffer) => (out += data.toString()))
+      const exited = once(child, 'exit')
+      try {
+        // The signal goes as soon as the process has a listening socket: its warm-up takes 0.2 s or more.
+        for (let i = 0; i < 2000 && !(await listening(child.pid!)); i++) await sleep(2)
+        child.kill(signal)
+        const [code] = (await exited) as [number | null]
+        expect(code).toBe(0)
+        expect(out).toMatch(/"msg":"narrace proxy stopped"/)
+        // It never said it listens: the signal came during the warm-up.
+        expect(out).not.toMatch(/listening on/)
+      } finally {
+        child.kill('SIGKILL')
+      }
+    }
+  })
 })
+
+/** Whether process `pid` has a TCP socket listening: its descriptors' inodes against /proc/net/tcp. */
+async function listening(pid: number): Promise<boolean> {
+  const inodes = new Set<string>()
+  for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [])) {
+    const match = /^socket:\[(\d+)\]$/.exec(await readlink(`/proc/${pid}/fd/${fd}`).catch(() => ''))
+    if (match) inodes.add(match[1]!)
+  }
+  const table = await readFile(`/proc/${pid}/net/tcp`, 'utf8').catch(() => '')
+  return table.split('\n').some((line) => {
+    const fields = line.trim().split(/\s+/)
+    return fields[3] === '0A' && inodes.has(fields[9]!)
+  })
+}

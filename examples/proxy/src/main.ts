@@ -197,19 +197,11 @@ async function main(): Promise<void> {
   })
   countDrop = () => proxy.metrics.logDropped.inc()
   if (droppedEarly > 0) proxy.metrics.logDropped.inc(droppedEarly)
-  const url = await proxy.listen().catch((error: Error) => {
-    if (error instanceof UpstreamStoreDirError) return fail(error.message)
-    return fail(`--listen: ${error.message}`)
-  })
-  // Before it says it listens: the first burst of clients meets warm code and a grown heap.
-  await warmUp(proxy.server)
-  // The bound port (URL drops a default 80), now that port 0 became a real one.
-  lan?.start(Number(new URL(url).port || 80))
-  // A log line like every other, so stdout stays one JSON object per line; the words after the URL keep
-  // it easy to cut out of the message too.
-  logger.info({ url, ...(embedded ? { ipfs: embedded.info } : {}) }, `narrace proxy listening on ${url} (put it first in Nix's substituters)`)
-
+  // Stopping is possible from the moment the proxy exists: a signal during listen or the warm-up ends
+  // the warm-up and stops the proxy as cleanly as later, not by the signal's default.
+  const warming = new AbortController()
   const stop = async (signal: NodeJS.Signals): Promise<void> => {
+    warming.abort()
     let code = 0
     try {
       // SIGTERM drains (downloads in flight get the grace); SIGINT, a person at the terminal, stops at once.
@@ -232,6 +224,18 @@ async function main(): Promise<void> {
   }
   process.once('SIGINT', (signal) => void stop(signal))
   process.once('SIGTERM', (signal) => void stop(signal))
+  const url = await proxy.listen().catch((error: Error) => {
+    if (error instanceof UpstreamStoreDirError) return fail(error.message)
+    return fail(`--listen: ${error.message}`)
+  })
+  // Before it says it listens: the first burst of clients meets warm code and a grown heap.
+  await warmUp(proxy.server, { signal: warming.signal })
+  if (warming.signal.aborted) return
+  // The bound port (URL drops a default 80), now that port 0 became a real one.
+  lan?.start(Number(new URL(url).port || 80))
+  // A log line like every other, so stdout stays one JSON object per line; the words after the URL keep
+  // it easy to cut out of the message too.
+  logger.info({ url, ...(embedded ? { ipfs: embedded.info } : {}) }, `narrace proxy listening on ${url} (put it first in Nix's substituters)`)
 }
 
 await main()

@@ -140,15 +140,6 @@ export class UpstreamHealth extends EventEmitter<{ change: [up: boolean] }> {
   }
 
   /**
-   * A connection to the upstream was made, whatever became of the request that asked for it: a skipped
-   * upstream is back. One that is up keeps its count, which only an answer resets (a cache that accepts
-   * connections and never answers must still go down).
-   */
-  connected(): void {
-    if (this.#state !== 'up') this.#answered()
-  }
-
-  /**
    * A connection attempt failed, whatever became of the request that asked for it: a request that lost
    * the race is aborted long before a connect to a cache that drops packets times out, and would
    * otherwise never count. `probe`: the attempt began while a probe was under way.

@@ -202,22 +202,29 @@ function countedConnect(error: unknown): boolean {
 }
 
 /**
- * Tells `health` how each connection attempt of `connect` ended, whether or not a request still waits
- * for it: undici goes on connecting after the request that asked is aborted, and that verdict is the
- * only one a cache that drops packets ever gives while another source keeps winning.
+ * Tells `health` of each failed connection attempt of `connect` to the cache's own origin, whether or
+ * not a request still waits for it: undici goes on connecting after the request that asked is aborted,
+ * and that failure is the only verdict a cache that drops packets ever gives while another source keeps
+ * winning. A connect that goes through proves nothing (a tunnel to a dead host accepts and hangs up):
+ * only an answer brings a skipped upstream back. Connects to an `allowedOrigins` host are left to the
+ * requests that need them, as before.
  */
-function watchedConnect(connect: buildConnector.connector, health: UpstreamHealth): buildConnector.connector {
+function watchedConnect(connect: buildConnector.connector, health: UpstreamHealth, base: URL): buildConnector.connector {
+  const host = base.hostname.replace(/^\[|\]$/g, '').toLowerCase()
+  const port = base.port || (base.protocol === 'https:' ? '443' : '80')
   return (options, callback) => {
+    const own =
+      options.protocol === base.protocol &&
+      options.hostname.replace(/^\[|\]$/g, '').toLowerCase() === host &&
+      String(options.port || (options.protocol === 'https:' ? '443' : '80')) === port
     // Nothing but a probe gets through while one is under way: a connect begun then is the probe's.
     const probe = health.state === 'probing'
     connect(options, (...result) => {
       const [error] = result
-      if (error) {
-        if (isConnectionFailure(error)) {
-          toldBreaker.add(error)
-          health.connectFailed(error, probe)
-        }
-      } else health.connected()
+      if (own && error && isConnectionFailure(error)) {
+        toldBreaker.add(error)
+        health.connectFailed(error, probe)
+      }
       callback(...result)
     })
   }
@@ -270,7 +277,7 @@ export class HttpUpstream {
       ? undefined
       : new OriginPools({
           connections,
-          connect: watchedConnect(guardedConnect({ cacheHost: base.hostname, name, timeout, lookup: options.lookup }), this.health),
+          connect: watchedConnect(guardedConnect({ cacheHost: base.hostname, name, timeout, lookup: options.lookup }), this.health, base),
         })
     const hops = new WeakSet<object>()
     const guard: Dispatcher.DispatcherComposeInterceptor = (dispatch) => (opts, handler) => {

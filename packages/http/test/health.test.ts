@@ -9,14 +9,18 @@ import { httpBackend, resolveNarInfo, UpstreamHealth, type HttpBackend } from '.
 
 const small = fixtures.path('small')
 
-/** A TCP listener that counts connections and resets each one at once: a cache that is down. */
-async function startResetter(): Promise<{ port: number; connections: () => number; close(): Promise<void> }> {
+/**
+ * A TCP listener that counts connections and resets each one: at once (a cache that is down), or once
+ * the request comes (`afterRequest`: a tunnel or a load balancer whose backend is dead).
+ */
+async function startResetter(afterRequest = false): Promise<{ port: number; connections: () => number; close(): Promise<void> }> {
   let count = 0
   const sockets = new Set<Socket>()
   const server: Server = createServer((socket) => {
     count++
     sockets.add(socket)
-    socket.resetAndDestroy()
+    if (afterRequest) socket.once('data', () => socket.destroy())
+    else socket.resetAndDestroy()
   })
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
@@ -113,7 +117,7 @@ describe('UpstreamHealth', () => {
 describe('UpstreamHealth and connection attempts', () => {
   const timeout = Object.assign(new Error('Connect Timeout Error'), { code: 'UND_ERR_CONNECT_TIMEOUT' })
 
-  it('counts failed connects whatever became of their requests, and a connect that went through brings a skipped upstream back', () => {
+  it('counts failed connects whatever became of their requests; only an answer brings a skipped upstream back', () => {
     let now = 0
     const health = new UpstreamHealth('http://u/', { now: () => now })
     for (let i = 0; i < 3; i++) health.connectFailed(timeout, false)
@@ -129,20 +133,9 @@ describe('UpstreamHealth and connection attempts', () => {
     health.connectFailed(timeout, true)
     expect(health.retryAt).toBe(3000)
     now = 3000
-    health.admit()('none')
-    health.connected()
+    health.admit()('answered')
     expect(health.isUp()).toBe(true)
     expect(health.failures).toBe(0)
-  })
-
-  it('keeps the count of an up upstream when a connect goes through: only an answer resets it', () => {
-    const health = new UpstreamHealth('http://u/')
-    health.admit()('connection-failed', timeout)
-    health.admit()('connection-failed', timeout)
-    health.connected()
-    expect(health.failures).toBe(2)
-    health.admit()('connection-failed', timeout)
-    expect(health.isUp()).toBe(false)
   })
 })
 
@@ -203,6 +196,27 @@ describe('a dead upstream', () => {
     } finally {
       hole.close()
       await cache.close()
+    }
+  })
+
+  it('backs off, doubling, from a cache that accepts connections and hangs up: a connect that goes through proves nothing', async () => {
+    const dead = await startResetter(true)
+    try {
+      let now = 0
+      const url = `http://127.0.0.1:${dead.port}/`
+      const health = new UpstreamHealth(url, { now: () => now })
+      const http = httpBackend({ url, health })
+      backends.push(http)
+      for (let i = 0; i < 3; i++) await resolveNar(small.fileHash, { backends: [http] }).catch(() => {})
+      expect(health.state).toBe('down')
+      for (const backoff of [2000, 4000, 8000]) {
+        now = health.retryAt
+        await resolveNar(small.fileHash, { backends: [http] }).catch(() => {})
+        expect(health.state).toBe('down')
+        expect(health.retryAt - now).toBe(backoff)
+      }
+    } finally {
+      await dead.close()
     }
   })
 
