@@ -43,9 +43,7 @@ export async function listenOn(server: Server, host: string, port: number, count
   const extras: NetServer[] = []
   try {
     for (let i = 1; i < count; i++) {
-      // As the HTTP server's own socket is set up: Node's defaults for an HTTP server.
-      const extra = createServer({ allowHalfOpen: true, noDelay: true })
-      extra.on('connection', (socket) => server.emit('connection', socket))
+      const extra = feeding(server)
       await listening(extra, { host: bound.address, port: bound.port, reusePort: true })
       extras.push(extra)
     }
@@ -59,6 +57,14 @@ export async function listenOn(server: Server, host: string, port: number, count
       return closing
     },
   }
+}
+
+/**
+ * A listening socket, not yet bound, whose connections go to `server` as its own do. It is set up as
+ * the HTTP server's own socket is: Node's defaults for an HTTP server.
+ */
+export function feeding(server: Server): NetServer {
+  return createServer({ allowHalfOpen: true, noDelay: true }, (socket) => server.emit('connection', socket))
 }
 
 async function listening(server: NetServer, options: { host: string; port: number; reusePort?: boolean }): Promise<void> {

@@ -1,7 +1,8 @@
 import { once } from 'node:events'
 import type { Server } from 'node:http'
 import { readFileSync } from 'node:fs'
-import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
+import { connect, type AddressInfo, type Socket } from 'node:net'
+import { feeding } from './listeners.js'
 
 /**
  * `/healthz` requests the proxy sends itself at start, each over a connection of its own, in waves of
@@ -33,8 +34,7 @@ export async function warmUp(server: Server, options: { requests?: number; timeo
   const requests = options.requests ?? WARM_UP_REQUESTS
   if (requests <= 0) return 0
   const signal = AbortSignal.any([AbortSignal.timeout(options.timeoutMs ?? WARM_UP_MS), ...(options.signal ? [options.signal] : [])])
-  // As the HTTP server's own socket is set up: Node's defaults for an HTTP server.
-  const listener = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => server.emit('connection', socket))
+  const listener = feeding(server)
   const sockets = new Set<Socket>()
   const stop = (): void => {
     for (const socket of sockets) socket.destroy()

@@ -88,6 +88,11 @@ export interface GuardedConnectOptions {
  * about to use (an IP literal, or every address a name resolves to), so a name that resolves to a public
  * address when checked and to 127.0.0.1 when connected can't slip through.
  */
+/** A host name as connects and URLs compare it: lower case, an IPv6 address without its brackets. */
+export function bareHost(hostname: string): string {
+  return hostname.replace(/^\[|\]$/g, '').toLowerCase()
+}
+
 export function guardedConnect(options: GuardedConnectOptions): buildConnector.connector {
   const { cacheHost, name, timeout } = options
   const lookup = options.lookup ?? (dnsLookup as unknown as LookupFunction)
@@ -107,7 +112,7 @@ export function guardedConnect(options: GuardedConnectOptions): buildConnector.c
   }
   const open = buildConnector({ timeout, ...(options.lookup && { lookup: options.lookup }) } as buildConnector.BuildOptions)
   const strict = buildConnector({ timeout, lookup: strictLookup } as buildConnector.BuildOptions)
-  const host = cacheHost.replace(/^\[|\]$/g, '').toLowerCase()
+  const host = bareHost(cacheHost)
   // One lookup of the cache's own host at a time, shared by the connects that wait for it: a resolver that
   // hangs holds one of libuv's few threads (which file reads need too), not one per connect. Once the
   // connect timeout gives up on it, the next connect looks up afresh (a resolver may drop a question).
@@ -120,7 +125,7 @@ export function guardedConnect(options: GuardedConnectOptions): buildConnector.c
   const lookupTimeout = Math.max(1, Math.ceil(timeout))
 
   return (connectOptions, callback) => {
-    const target = connectOptions.hostname.replace(/^\[|\]$/g, '').toLowerCase()
+    const target = bareHost(connectOptions.hostname)
     if (target === host) return open(connectOptions, callback)
     // The cache's own lookup, under the connect timeout too: a resolver that never answers must not hold
     // a request (and the stall watchdog, which waits for the request to go out) for ever.

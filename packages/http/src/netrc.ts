@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import { NarraceError } from '@narrace/core'
+import { bareHost } from './addresses.js'
 
 /** One `machine` (or the `default`) entry of a netrc file. */
 export interface NetrcEntry {
@@ -123,7 +124,7 @@ export async function readNetrc(path: string, options: { signal?: AbortSignal } 
  */
 export function credentialsFor(url: string | URL, netrc: Netrc | undefined): NetrcCredentials | undefined {
   if (!netrc) return undefined
-  const host = new URL(url).hostname.replace(/^\[|\]$/g, '').toLowerCase()
+  const host = bareHost(new URL(url).hostname)
   const entry = netrc.machines.find((m) => m.machine === host)?.entry ?? netrc.default
   if (!entry || (entry.login === undefined && entry.password === undefined)) return undefined
   return { login: entry.login ?? '', password: entry.password ?? '' }

@@ -1,6 +1,6 @@
 import { NarBackendError } from '@narrace/core'
 import { interceptors, request, type buildConnector, type Dispatcher } from 'undici'
-import { guardedConnect, type LookupFunction } from './addresses.js'
+import { bareHost, guardedConnect, type LookupFunction } from './addresses.js'
 import { OriginPools } from './pools.js'
 import { isConnectionFailure, upstreamHealth, type UpstreamHealth } from './health.js'
 import { credentialsFor, type Netrc } from './netrc.js'
@@ -210,13 +210,11 @@ function countedConnect(error: unknown): boolean {
  * requests that need them, as before.
  */
 function watchedConnect(connect: buildConnector.connector, health: UpstreamHealth, base: URL): buildConnector.connector {
-  const host = base.hostname.replace(/^\[|\]$/g, '').toLowerCase()
-  const port = base.port || (base.protocol === 'https:' ? '443' : '80')
+  const origin = (protocol: string, hostname: string, port: string | number | null | undefined): string =>
+    `${protocol}//${bareHost(hostname)}:${port || (protocol === 'https:' ? 443 : 80)}`
+  const cache = origin(base.protocol, base.hostname, base.port)
   return (options, callback) => {
-    const own =
-      options.protocol === base.protocol &&
-      options.hostname.replace(/^\[|\]$/g, '').toLowerCase() === host &&
-      String(options.port || (options.protocol === 'https:' ? '443' : '80')) === port
+    const own = origin(options.protocol, options.hostname, options.port) === cache
     // Nothing but a probe gets through while one is under way: a connect begun then is the probe's.
     const probe = health.state === 'probing'
     connect(options, (...result) => {
