@@ -2,6 +2,8 @@
  * The files Nix reads besides narinfo and NARs (build logs, listings, realisations, build traces,
  * debuginfo) through the proxy, and the nix-cache-info it makes of its upstreams'.
  */
+import { createServer, request, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { brotliCompressSync } from 'node:zlib'
 import { pino } from 'pino'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -100,6 +102,54 @@ describe('passthrough routes', () => {
     expect(chunked.error).toBeDefined()
     expect(chunked.body.length).toBeLessThanOrEqual(1024)
     expect((await get(`${proxy.url}/debuginfo/0123abcd`)).status).toBe(200)
+  })
+
+  it('cuts a body that trickles or goes silent, by the stall timeout and minimum rate, and counts it as cut', async () => {
+    const drips = new Set<ServerResponse>()
+    const big = Buffer.alloc(24 * 1024 * 1024, 7)
+    const trickler = createServer((req, res) => {
+      drips.add(res)
+      res.once('close', () => drips.delete(res))
+      res.writeHead(200, { 'content-type': 'application/octet-stream' })
+      // A byte every 100 ms: it never goes silent for the stall timeout, but 10 B/s is far under 1 KiB/s.
+      if (req.url!.endsWith('/debuginfo/00aa')) {
+        const timer = setInterval(() => res.write('x'), 100)
+        res.once('close', () => clearInterval(timer))
+      } else if (req.url!.endsWith('/debuginfo/00cc')) res.end(big)
+      else res.write('first bytes, then nothing')
+    })
+    await new Promise<void>((resolve) => trickler.listen(0, '127.0.0.1', resolve))
+    try {
+      const url = `http://127.0.0.1:${(trickler.address() as AddressInfo).port}/`
+      const proxy = await proxyOver([url], { stallTimeoutMs: 600 })
+      for (const target of ['debuginfo/00aa', 'debuginfo/00bb']) {
+        const t0 = performance.now()
+        const answer = await get(`${proxy.url}/${target}`).catch((error: Error) => ({ error }))
+        expect(answer.error, target).toBeDefined()
+        // One window, and a little more for the cut to reach the client; never the 30 s of a body timeout.
+        expect(performance.now() - t0, target).toBeLessThan(3000)
+      }
+      // A client that stops reading for longer than the stall timeout is not the upstream's fault.
+      const slowReader = await new Promise<{ bytes: number; complete: boolean }>((resolve, reject) => {
+        const req = request(`${proxy.url}/debuginfo/00cc`, { agent: false }, (res) => {
+          let bytes = 0
+          res.once('data', () => {
+            res.pause()
+            setTimeout(() => res.resume(), 1500)
+          })
+          res.on('data', (chunk: Buffer) => (bytes += chunk.length))
+          res.once('close', () => resolve({ bytes, complete: res.complete }))
+        })
+        req.once('error', reject).end()
+      })
+      expect(slowReader).toEqual({ bytes: big.length, complete: true })
+      await expect.poll(() => drips.size).toBe(0)
+      const metrics = (await get(`${proxy.url}/metrics`)).body.toString()
+      expect(metrics).toMatch(/narrace_passthrough_requests_total\{kind="debuginfo",outcome="cut"\} 2/)
+    } finally {
+      trickler.closeAllConnections()
+      await new Promise((resolve) => trickler.close(resolve))
+    }
   })
 
   it('follows no redirect: a file kept elsewhere is not fetched on the upstream\'s word', async () => {

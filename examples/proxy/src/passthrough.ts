@@ -1,7 +1,14 @@
 import type { ServerResponse } from 'node:http'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
-import { NarBackendError, NarNotFoundError, NarUnavailableError } from '@narrace/core'
+import {
+  DEFAULT_MIN_BYTES_PER_SECOND,
+  DEFAULT_STALL_TIMEOUT_MS,
+  NarBackendError,
+  NarNotFoundError,
+  NarStallError,
+  NarUnavailableError,
+} from '@narrace/core'
 import type { Logger } from 'pino'
 import { Counter, type Registry } from 'prom-client'
 import { request, type Dispatcher } from 'undici'
@@ -10,7 +17,7 @@ import { request, type Dispatcher } from 'undici'
 export const DEFAULT_MAX_PASSTHROUGH_BYTES = 64 * 1024 * 1024
 /** No upstream answering with a status line within this long counts as failed. @default 10000 */
 export const DEFAULT_PASSTHROUGH_HEADERS_TIMEOUT_MS = 10_000
-/** A body that sends nothing for this long is cut. @default 30000 (resolveNar's stall timeout) */
+/** With the rate watch off (`stallTimeoutMs: Infinity`), a body that sends nothing for this long is still cut. */
 export const DEFAULT_PASSTHROUGH_BODY_TIMEOUT_MS = 30_000
 
 /** An upstream a passthrough request may go to. */
@@ -42,6 +49,10 @@ export interface PassthroughOptions {
   maxBytes?: number
   /** @default DEFAULT_PASSTHROUGH_HEADERS_TIMEOUT_MS */
   headersTimeoutMs?: number
+  /** A body waited on this long for fewer than `minBytesPerSecond` on average is cut; Infinity turns this off. @default resolveNar's */
+  stallTimeoutMs?: number
+  /** @default resolveNar's (1 KiB/s, like the low-speed limit Nix gives curl) */
+  minBytesPerSecond?: number
 }
 
 /** The upstream answer that won: stream `body` to the client with `headers`. */
@@ -72,6 +83,8 @@ function header(value: string | string[] | undefined): string | undefined {
  */
 export async function racePassthrough(target: string, options: PassthroughOptions): Promise<PassthroughAnswer> {
   const maxBytes = options.maxBytes ?? DEFAULT_MAX_PASSTHROUGH_BYTES
+  const stallMs = options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS
+  const minRate = options.minBytesPerSecond ?? DEFAULT_MIN_BYTES_PER_SECOND
   const controllers = options.upstreams.map(() => new AbortController())
   const attempts = options.upstreams.map(async (upstream, i): Promise<PassthroughAnswer> => {
     const url = new URL(target, upstream.url)
@@ -83,7 +96,8 @@ export async function racePassthrough(target: string, options: PassthroughOption
         method: 'GET',
         signal,
         headersTimeout: options.headersTimeoutMs ?? DEFAULT_PASSTHROUGH_HEADERS_TIMEOUT_MS,
-        bodyTimeout: DEFAULT_PASSTHROUGH_BODY_TIMEOUT_MS,
+        // The rate watch below covers a silent body too, and only while the body is waited for.
+        bodyTimeout: Number.isFinite(stallMs) ? 0 : DEFAULT_PASSTHROUGH_BODY_TIMEOUT_MS,
       })
     } catch (error) {
       throw new NarBackendError(`${upstream.url}: ${(error as Error).message} (${url.href})`, { backend: upstream.url, cause: error })
@@ -102,7 +116,8 @@ export async function racePassthrough(target: string, options: PassthroughOption
       const value = header(headers[name])
       if (value !== undefined) out[name] = value
     }
-    return { upstream: upstream.url, headers: out, body: capped(body, maxBytes, url.href), cancel: () => body.destroy() }
+    const limits = { maxBytes, stallMs, minWindowBytes: (minRate * stallMs) / 1000, backend: upstream.url }
+    return { upstream: upstream.url, headers: out, body: capped(body, url.href, limits), cancel: () => body.destroy() }
   })
 
   try {
@@ -120,17 +135,82 @@ export async function racePassthrough(target: string, options: PassthroughOption
   }
 }
 
-/** The body, failing once more than `maxBytes` have come, so that the client sees a cut transfer. */
-async function* capped(body: Readable, maxBytes: number, url: string): AsyncGenerator<Uint8Array> {
+interface BodyLimits {
+  maxBytes: number
+  stallMs: number
+  minWindowBytes: number
+  backend: string
+}
+
+/**
+ * The body, failing once more than `maxBytes` have come, or once the upstream sent fewer than
+ * `minWindowBytes` over `stallMs` of being waited for, so that the client sees a cut transfer. A trickle
+ * of a byte now and then would otherwise hold the client and an upstream connection for hours.
+ */
+async function* capped(body: Readable, url: string, limits: BodyLimits): AsyncGenerator<Uint8Array> {
+  const { maxBytes, stallMs, minWindowBytes, backend } = limits
+  const watch = rateWatch(stallMs, minWindowBytes, (why) => {
+    body.destroy(new NarStallError(`${backend} ${why} for ${url}`, { backend, timeoutMs: stallMs }))
+  })
   let bytes = 0
   try {
+    watch.wait()
     for await (const chunk of body as AsyncIterable<Uint8Array>) {
+      watch.got(chunk.length)
       bytes += chunk.length
       if (bytes > maxBytes) throw new NarBackendError(`${url} is longer than ${maxBytes} bytes: cut`)
       yield chunk
+      watch.wait()
     }
   } finally {
+    watch.stop()
     body.destroy()
+  }
+}
+
+/**
+ * Counts time spent waiting for a source, in windows of `stallMs`: a window with no byte, or fewer than
+ * `minWindowBytes`, calls `stall`. Time between `got` and the next `wait` (the client reading) never counts.
+ */
+function rateWatch(stallMs: number, minWindowBytes: number, stall: (why: string) => void) {
+  let waited = 0
+  let bytes = 0
+  let since = 0
+  let timer: NodeJS.Timeout | undefined
+  const on = Number.isFinite(stallMs) && stallMs > 0
+  // A full window: too little in it stalls, else the next one starts. False when it stalled.
+  const roll = (): boolean => {
+    if (bytes === 0 || bytes < minWindowBytes) {
+      stall(bytes === 0 ? `sent no byte for ${stallMs} ms` : `sent ${bytes} bytes in ${stallMs} ms, under the minimum rate`)
+      return false
+    }
+    waited = 0
+    bytes = 0
+    return true
+  }
+  const fire = (): void => {
+    const now = performance.now()
+    waited += now - since
+    since = now
+    if (waited >= stallMs && !roll()) return
+    timer = setTimeout(fire, stallMs - waited)
+  }
+  return {
+    wait(): void {
+      if (!on) return
+      since = performance.now()
+      timer = setTimeout(fire, stallMs - waited)
+    },
+    got(n: number): void {
+      if (!on) return
+      clearTimeout(timer)
+      waited += performance.now() - since
+      bytes += n
+      if (waited >= stallMs) roll()
+    },
+    stop(): void {
+      clearTimeout(timer)
+    },
   }
 }
 
@@ -183,13 +263,24 @@ export async function servePassthrough(
     res.end()
     return count('ok')
   }
+  // The client's hang-up aborts `signal` too, by the time the pipeline fails: only the body's own
+  // failure (cap, stall, upstream gone) says the proxy cut it.
+  let failure: { error: unknown } | undefined
+  const body = (async function* () {
+    try {
+      yield* answer.body
+    } catch (error) {
+      failure = { error }
+      throw error
+    }
+  })()
   try {
-    await pipeline(Readable.from(answer.body, { objectMode: false }), res)
+    await pipeline(Readable.from(body, { objectMode: false }), res)
     count('ok')
   } catch (error) {
     res.destroy()
-    if (signal.aborted) return count('aborted')
+    if (!failure && signal.aborted) return count('aborted')
     count('cut')
-    logger.warn({ target: route.target, upstream: answer.upstream, err: error }, 'passthrough cut')
+    logger.warn({ target: route.target, upstream: answer.upstream, err: failure?.error ?? error }, 'passthrough cut')
   }
 }

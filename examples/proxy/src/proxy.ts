@@ -80,9 +80,9 @@ export interface ProxyOptions {
   narInfoTtlMs?: number
   /** A narinfo lookup that no upstream finishes within this long answers 504, so Nix never waits on a hung cache. @default 10000 */
   narInfoTimeoutMs?: number
-  /** Passed to `resolveNar`. @default its own (30 s) */
+  /** Passed to `resolveNar`, and bounds passthrough bodies the same way. @default its own (30 s) */
   stallTimeoutMs?: number
-  /** Passed to `resolveNar`: a source slower than this over `stallTimeoutMs` fails over. @default its own (1 KiB/s) */
+  /** Passed to `resolveNar`: a source slower than this over `stallTimeoutMs` fails over (a passthrough body is cut). @default its own (1 KiB/s) */
   minBytesPerSecond?: number
   /** A file with no FileSize and no narinfo NarSize is cut here. @default core's DEFAULT_MAX_NAR_BYTES (64 GiB) */
   maxNarBytes?: number
@@ -163,6 +163,8 @@ export function createProxy(options: ProxyOptions): Proxy {
   const passthrough = {
     upstreams: [...upstreams.values()].map((backend) => ({ url: backend.url, dispatcher: upstreamDispatcher(backend) })),
     maxBytes: options.maxPassthroughBytes,
+    stallTimeoutMs: options.stallTimeoutMs,
+    minBytesPerSecond: options.minBytesPerSecond,
     logger,
     counter: passthroughCounter(metrics.registry),
   }
