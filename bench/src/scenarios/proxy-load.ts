@@ -6,6 +6,7 @@ import { connect, type Socket } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { narInfoText, randomHashPart } from '../narinfo-text.js'
 import { spawnFloorServer } from '../floor.js'
+import { CLIENT_TIMEOUT_MS, CROWD_NICE, fetchAll, spawnCrowd, type Crowd, type Fetched } from '../crowd.js'
 import { epochNow, spawnPoller, worstBetween, type PollResult } from '../poll.js'
 import { FIXTURE_CACHE, fixtureClosure, nixAvailable, nixSandbox, serveCacheDir } from '../nix.js'
 import type { Sample } from '../results.js'
@@ -18,8 +19,6 @@ const NAR_SIZE = 8 * MiB
 const CLIENTS = 500
 const SLOWLORIS = 500
 const HANGUPS = 200
-/** Every client waits at most this long; the scenario never runs unbounded. */
-const CLIENT_TIMEOUT_MS = 120_000
 
 interface RunningProxy {
   child: ChildProcess
@@ -93,34 +92,6 @@ async function connections(pid: number, port: number, upstreamPort: number): Pro
   return result
 }
 
-/** What a client got: the status, the bytes read, whether the body was whole, and when its head came (ms since the epoch). */
-interface Fetched {
-  status: number
-  bytes: number
-  complete: boolean
-  headAt: number
-}
-
-/** GETs a URL over its own connection and reads it all. */
-function fetchAll(url: string, hangUpAfter?: number): Promise<Fetched> {
-  return new Promise((resolve) => {
-    const req = httpRequest(url, { agent: false, timeout: CLIENT_TIMEOUT_MS })
-    let bytes = 0
-    let headAt = NaN
-    req.once('error', () => resolve({ status: 0, bytes, complete: false, headAt }))
-    req.once('timeout', () => req.destroy())
-    req.once('response', (res) => {
-      headAt = epochNow()
-      res.on('data', (chunk: Buffer) => {
-        bytes += chunk.length
-        if (hangUpAfter !== undefined && bytes >= hangUpAfter) req.destroy()
-      })
-      res.once('close', () => resolve({ status: res.statusCode ?? 0, bytes, complete: res.complete, headAt }))
-    })
-    req.end()
-  })
-}
-
 /** A burst: `clients` GETs of `url` at once, with `/nix-cache-info` of `pollUrl` polled meanwhile. */
 interface Burst {
   answers: Fetched[]
@@ -131,10 +102,11 @@ interface Burst {
   streamingMs: number
 }
 
-async function burst(url: string, pollUrl: string, clients: number): Promise<Burst> {
+/** The clients come from `crowd`, a process of their own. */
+async function burst(crowd: Crowd, url: string, pollUrl: string, clients: number): Promise<Burst> {
   const poller = await spawnPoller(pollUrl)
   const start = epochNow()
-  const answers = await Promise.all(Array.from({ length: clients }, () => fetchAll(url)))
+  const answers = await crowd.fetch(url, clients)
   const polled = await poller.stop()
   // A client that failed got no head: the split is at the last head that came (those failures show in `ok`).
   const heads = answers.map((answer) => answer.headAt).filter((at) => !Number.isNaN(at))
@@ -144,6 +116,28 @@ async function burst(url: string, pollUrl: string, clients: number): Promise<Bur
     polled,
     connectingMs: worstBetween(polled.polls, start, lastHead),
     streamingMs: worstBetween(polled.polls, lastHead),
+  }
+}
+
+/** One burst on a proxy and the same on node:http doing nothing, from one crowd (warmed by the first). */
+interface OneNarRound {
+  floor: Burst
+  burst: Burst
+  ok: number
+  downloads: number
+  peak: number
+}
+
+function floorRow(case_: string, floor: Burst): Record<string, string | number> {
+  return {
+    case: case_,
+    ok: floor.answers.filter((a) => a.status === 204).length,
+    '/nix-cache-info asked': floor.polled.count,
+    failed: floor.polled.failed,
+    'p50 ms': round(floor.polled.p50Ms),
+    'p99 ms': round(floor.polled.p99Ms),
+    'worst ms': round(floor.polled.worstMs),
+    'worst ms, connecting': round(floor.connectingMs),
   }
 }
 
@@ -259,22 +253,35 @@ export const proxyLoad: Scenario = {
       const one = await server.add(NAR_SIZE, 1)
       const oneHash = randomHashPart()
       await server.addNarInfo(oneHash, narInfoText(oneHash, one))
-      const floorServer = await spawnFloorServer(CLIENTS)
-      let floor: Burst
-      try {
-        floor = await burst(`${floorServer.url}/held`, `${floorServer.url}/nix-cache-info`, CLIENTS)
-      } finally {
-        await floorServer.close()
+      const oneNar = async (nice: number): Promise<OneNarRound> => {
+        const crowd = await spawnCrowd(nice)
+        try {
+          const floorServer = await spawnFloorServer(CLIENTS)
+          let floor: Burst
+          try {
+            floor = await burst(crowd, `${floorServer.url}/held`, `${floorServer.url}/nix-cache-info`, CLIENTS)
+          } finally {
+            await floorServer.close()
+          }
+          signal.throwIfAborted()
+          const proxy = await startProxy(server.url)
+          try {
+            await fetchAll(`${proxy.url}/${oneHash}.narinfo`)
+            const burst_ = await burst(crowd, `${proxy.url}/${one.url}`, `${proxy.url}/nix-cache-info`, CLIENTS)
+            const ok = burst_.answers.filter((a) => a.status === 200 && a.complete && a.bytes === NAR_SIZE).length
+            const downloads = await metric(proxy.url, 'narrace_backend_wins_total')
+            const { peak } = await memory(proxy.child.pid!)
+            return { floor, burst: burst_, ok, downloads, peak }
+          } finally {
+            await proxy.stop()
+          }
+        } finally {
+          await crowd.close()
+        }
       }
-      signal.throwIfAborted()
-      let proxy = await startProxy(server.url)
-      try {
-        await fetchAll(`${proxy.url}/${oneHash}.narinfo`)
-        const { answers, polled, connectingMs, streamingMs } = await burst(`${proxy.url}/${one.url}`, `${proxy.url}/nix-cache-info`, CLIENTS)
+      {
+        const { floor, burst: { polled, connectingMs, streamingMs }, ok, downloads, peak } = await oneNar(CROWD_NICE)
         const worst = polled.worstMs
-        const ok = answers.filter((a) => a.status === 200 && a.complete && a.bytes === NAR_SIZE).length
-        const downloads = await metric(proxy.url, 'narrace_backend_wins_total')
-        const { peak } = await memory(proxy.child.pid!)
         const vsFloor = floor.connectingMs > 0 ? round(connectingMs / floor.connectingMs) : null
         rows.push({
           case: `${CLIENTS} clients, one ${formatSize(NAR_SIZE)} NAR`,
@@ -289,16 +296,7 @@ export const proxyLoad: Scenario = {
           'worst ms, connecting': round(connectingMs),
           'worst ms, streaming': round(streamingMs),
         })
-        rows.push({
-          case: `the same ${CLIENTS} connections to node:http doing nothing with them (baseline)`,
-          ok: floor.answers.filter((a) => a.status === 204).length,
-          '/nix-cache-info asked': floor.polled.count,
-          failed: floor.polled.failed,
-          'p50 ms': round(floor.polled.p50Ms),
-          'p99 ms': round(floor.polled.p99Ms),
-          'worst ms': round(floor.polled.worstMs),
-          'worst ms, connecting': round(floor.connectingMs),
-        })
+        rows.push(floorRow(`the same ${CLIENTS} connections to node:http doing nothing with them (baseline)`, floor))
         samples.push({ variant: 'one NAR', run: 0, ms: worst, bytes: peak * MiB })
         ratios.push({ id: 'proxy-load/one-nar-errors', label: `clients of one NAR that did not get it whole`, value: CLIENTS - ok })
         ratios.push({ id: 'proxy-load/one-nar-downloads', label: `upstream downloads for ${CLIENTS} clients of one NAR`, value: downloads })
@@ -312,8 +310,24 @@ export const proxyLoad: Scenario = {
           `one NAR: ${ok}/${CLIENTS} ok, ${downloads} downloads, peak ${round(peak)} MiB, /nix-cache-info p99 ${round(polled.p99Ms)} ms, ` +
             `worst ${round(worst)} ms (connecting ${round(connectingMs)}, streaming ${round(streamingMs)}; node:http doing nothing: ${round(floor.connectingMs)})`,
         )
-      } finally {
-        await proxy.stop()
+      }
+      signal.throwIfAborted()
+      {
+        // The same on one small machine that runs the proxy and its clients at one priority.
+        const { floor, burst: { polled }, ok } = await oneNar(0)
+        rows.push({
+          case: `the same, the clients at the proxy's own priority`,
+          ok,
+          '/nix-cache-info asked': polled.count,
+          failed: polled.failed,
+          'p50 ms': round(polled.p50Ms),
+          'p99 ms': round(polled.p99Ms),
+          'worst ms': round(polled.worstMs),
+        })
+        rows.push(floorRow(`node:http doing nothing, the clients at its own priority (baseline)`, floor))
+        ratios.push({ id: 'proxy-load/one-nar-cache-info-ms-same-priority', label: 'the same, the clients at the proxy\'s own priority: slowest /nix-cache-info (ms)', value: round(polled.worstMs) })
+        ratios.push({ id: 'proxy-load/floor-cache-info-ms-same-priority', label: 'node:http doing nothing, the clients at its own priority: slowest /nix-cache-info (ms)', value: round(floor.polled.worstMs) })
+        log(`one NAR, the clients at the proxy's priority: ${ok}/${CLIENTS} ok, /nix-cache-info worst ${round(polled.worstMs)} ms (node:http doing nothing: ${round(floor.polled.worstMs)})`)
       }
       signal.throwIfAborted()
 
@@ -325,7 +339,7 @@ export const proxyLoad: Scenario = {
         await server.addNarInfo(hashPart, narInfoText(hashPart, nar))
         many.push({ hashPart, nar })
       }
-      proxy = await startProxy(server.url)
+      let proxy = await startProxy(server.url)
       try {
         const answers = await Promise.all(
           many.map(async ({ hashPart, nar }) => {
@@ -419,6 +433,7 @@ export const proxyLoad: Scenario = {
       assumptions: [
         `The built proxy (examples/proxy/dist/main.js) in its own process, its one upstream the bench cache in another, all on 127.0.0.1; NARs of ${formatSize(NAR_SIZE)}, verified whole before they go out (8 MiB is the verify-first bound). Clients read everything they get.`,
         'Peak RSS is the kernel\'s high-water mark (VmHWM) of the proxy process; idle RSS is VmRSS 5 s after the last client.',
+        `The ${CLIENTS} clients of a burst run in a process of their own at the lowest CPU priority (nice ${CROWD_NICE}): they stand in for ${CLIENTS} machines, and on one small machine, at the proxy's priority, they take the cores the proxy needs (run from the bench's own process, in the first 150 ms of a burst the clients used 90-137 ms of CPU and their collector threads up to 90 ms more, on 2 cores; the proxy, 33-104 ms). One crowd process makes the burst on node:http doing nothing and then the proxy's, so that it meets the proxy warm. Two rows below repeat both with a crowd at the proxy's own priority, as on one small machine that runs the proxy and its clients.`,
         '/nix-cache-info is asked every 20 ms, each time over a new connection, by a process of its own while the clients read: timed as another client (Nix) sees it, not through the bench\'s event loop, which is busy reading 500 bodies (timed from there, the same proxy answers within seconds).',
         `Its answers are split by when they were asked, at the moment the bench saw the last of the ${CLIENTS} clients get its response head (the bench, busy reading bodies by then, sees it late). Before: the ${CLIENTS} connect (every connection is accepted and its request parsed on the proxy\'s one thread, first come first served, the poller\'s among them), the NAR is fetched and verified whole, and the heads and first bytes go out. After: the bodies go out. An answer asked before and given after counts before.`,
         `The baseline in the same run: the same ${CLIENTS} clients and poller against node:http with its defaults in a process of its own, warmed at start by 512 requests of its own as the proxy warms itself, which answers /nix-cache-info at once and holds every other request, doing nothing, until all ${CLIENTS} are in (then an empty 204 each). It shows what accepting that many connections at once costs on this machine before a server does anything with them.`,

@@ -1,0 +1,3 @@
+import { crowdFromChild } from './crowd.js'
+
+crowdFromChild()
