@@ -143,6 +143,19 @@ describe('passthrough routes', () => {
         req.once('error', reject).end()
       })
       expect(slowReader).toEqual({ bytes: big.length, complete: true })
+      // Clients that hang up, one while the upstream is silent and one while the proxy waits on it, cut nothing.
+      for (const target of ['debuginfo/00bb', 'debuginfo/00cc']) {
+        await new Promise<void>((resolve, reject) => {
+          const req = request(`${proxy.url}/${target}`, { agent: false }, (res) => {
+            res.once('data', () => req.destroy())
+            res.once('close', () => resolve())
+          })
+          req.once('error', () => {}).once('close', () => resolve())
+          req.once('response', () => {}).end()
+          setTimeout(() => reject(new Error('no answer')), 5000)
+        })
+      }
+      await expect.poll(async () => (await get(`${proxy.url}/metrics`)).body.toString()).toMatch(/outcome="aborted"\} 2/)
       await expect.poll(() => drips.size).toBe(0)
       const metrics = (await get(`${proxy.url}/metrics`)).body.toString()
       expect(metrics).toMatch(/narrace_passthrough_requests_total\{kind="debuginfo",outcome="cut"\} 2/)

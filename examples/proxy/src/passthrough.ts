@@ -85,6 +85,9 @@ export async function racePassthrough(target: string, options: PassthroughOption
   const maxBytes = options.maxBytes ?? DEFAULT_MAX_PASSTHROUGH_BYTES
   const stallMs = options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS
   const minRate = options.minBytesPerSecond ?? DEFAULT_MIN_BYTES_PER_SECOND
+  // The watch is off for a stall timeout of Infinity or 0; a silent body is then still cut after 30 s.
+  const watching = Number.isFinite(stallMs) && stallMs > 0
+  const silentMs = watching ? Math.min(stallMs, MAX_TIMER_MS) : DEFAULT_PASSTHROUGH_BODY_TIMEOUT_MS
   const controllers = options.upstreams.map(() => new AbortController())
   const attempts = options.upstreams.map(async (upstream, i): Promise<PassthroughAnswer> => {
     const url = new URL(target, upstream.url)
@@ -96,8 +99,8 @@ export async function racePassthrough(target: string, options: PassthroughOption
         method: 'GET',
         signal,
         headersTimeout: options.headersTimeoutMs ?? DEFAULT_PASSTHROUGH_HEADERS_TIMEOUT_MS,
-        // The rate watch below covers a silent body too, and only while the body is waited for.
-        bodyTimeout: Number.isFinite(stallMs) ? 0 : DEFAULT_PASSTHROUGH_BODY_TIMEOUT_MS,
+        // No byte for this long, while the body is read, cuts it: the rate watch below only looks at whole windows.
+        bodyTimeout: silentMs,
       })
     } catch (error) {
       throw new NarBackendError(`${upstream.url}: ${(error as Error).message} (${url.href})`, { backend: upstream.url, cause: error })
@@ -106,7 +109,8 @@ export async function racePassthrough(target: string, options: PassthroughOption
     body.on('error', noop)
     const length = Number(header(headers['content-length']) ?? NaN)
     if (statusCode !== 200 || length > maxBytes) {
-      body.dump().catch(noop)
+      // An error page that trickles must not hold one of the upstream's pooled connections for long.
+      body.dump({ signal: AbortSignal.timeout(silentMs) }).catch(noop)
       if (NOT_FOUND.has(statusCode)) throw new NarNotFoundError(`${upstream.url}: HTTP ${statusCode} for ${url.href}`)
       const why = statusCode === 200 ? `${length} bytes, over the ${maxBytes}-byte cap` : `HTTP ${statusCode}`
       throw new NarBackendError(`${upstream.url}: ${why} for ${url.href}`, { backend: upstream.url, status: statusCode })
@@ -116,7 +120,7 @@ export async function racePassthrough(target: string, options: PassthroughOption
       const value = header(headers[name])
       if (value !== undefined) out[name] = value
     }
-    const limits = { maxBytes, stallMs, minWindowBytes: (minRate * stallMs) / 1000, backend: upstream.url }
+    const limits = { maxBytes, stallMs: watching ? stallMs : Infinity, minWindowBytes: (minRate * stallMs) / 1000, backend: upstream.url }
     return { upstream: upstream.url, headers: out, body: capped(body, url.href, limits), cancel: () => body.destroy() }
   })
 
@@ -135,6 +139,9 @@ export async function racePassthrough(target: string, options: PassthroughOption
   }
 }
 
+/** setTimeout's longest delay; a longer stall timeout turns the watch off (the body timeout still holds). */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
 interface BodyLimits {
   maxBytes: number
   stallMs: number
@@ -149,14 +156,18 @@ interface BodyLimits {
  */
 async function* capped(body: Readable, url: string, limits: BodyLimits): AsyncGenerator<Uint8Array> {
   const { maxBytes, stallMs, minWindowBytes, backend } = limits
+  let stalled: NarStallError | undefined
   const watch = rateWatch(stallMs, minWindowBytes, (why) => {
-    body.destroy(new NarStallError(`${backend} ${why} for ${url}`, { backend, timeoutMs: stallMs }))
+    stalled = new NarStallError(`${backend} ${why} for ${url}`, { backend, timeoutMs: stallMs })
+    body.destroy(stalled)
   })
   let bytes = 0
   try {
     watch.wait()
     for await (const chunk of body as AsyncIterable<Uint8Array>) {
       watch.got(chunk.length)
+      // A window that closed short on this chunk: the chunk does not go out either.
+      if (stalled) throw stalled
       bytes += chunk.length
       if (bytes > maxBytes) throw new NarBackendError(`${url} is longer than ${maxBytes} bytes: cut`)
       yield chunk
@@ -177,7 +188,7 @@ function rateWatch(stallMs: number, minWindowBytes: number, stall: (why: string)
   let bytes = 0
   let since = 0
   let timer: NodeJS.Timeout | undefined
-  const on = Number.isFinite(stallMs) && stallMs > 0
+  const on = Number.isFinite(stallMs) && stallMs > 0 && stallMs <= MAX_TIMER_MS
   // A full window: too little in it stalls, else the next one starts. False when it stalled.
   const roll = (): boolean => {
     if (bytes === 0 || bytes < minWindowBytes) {
@@ -270,7 +281,8 @@ export async function servePassthrough(
     try {
       yield* answer.body
     } catch (error) {
-      failure = { error }
+      // A hang-up aborts `signal` before it destroys the body: only a failure before that is the proxy's cut.
+      if (!signal.aborted) failure = { error }
       throw error
     }
   })()
