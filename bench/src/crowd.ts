@@ -1,23 +1,16 @@
 import { request as httpRequest } from 'node:http'
-import { setPriority } from 'node:os'
 import { answerParent, spawnRpc } from './child.js'
 import { epochNow } from './poll.js'
 
 /** Every client waits at most this long; a load never runs unbounded. */
 export const CLIENT_TIMEOUT_MS = 120_000
 
-/**
- * The crowd's CPU priority (nice): the lowest. Its clients stand in for hundreds of machines of their own;
- * on one small machine, at the server's priority, they take the cores the server under test needs.
- */
-export const CROWD_NICE = 19
-
-/** What a client got: the status, the bytes read, whether the body was whole, and when its head came (ms since the epoch). */
+/** What a client got: the status, the bytes read, whether the body was whole, and when its head came (ms since the epoch; null with none). */
 export interface Fetched {
   status: number
   bytes: number
   complete: boolean
-  headAt: number
+  headAt: number | null
 }
 
 /** GETs a URL over its own connection and reads it all; with `hangUpAfter`, hangs up once that many bytes came. */
@@ -25,7 +18,7 @@ export function fetchAll(url: string, hangUpAfter?: number): Promise<Fetched> {
   return new Promise((resolve) => {
     const req = httpRequest(url, { agent: false, timeout: CLIENT_TIMEOUT_MS })
     let bytes = 0
-    let headAt = NaN
+    let headAt: number | null = null
     req.once('error', () => resolve({ status: 0, bytes, complete: false, headAt }))
     req.once('timeout', () => req.destroy())
     req.once('response', (res) => {
@@ -40,7 +33,10 @@ export function fetchAll(url: string, hangUpAfter?: number): Promise<Fetched> {
   })
 }
 
-/** Clients in a process of their own, at {@link CROWD_NICE} or the priority given. */
+/**
+ * Clients in a process of their own, at the bench's priority: its small heap and event loop carry only
+ * them, not the bench's results, its children's channels nor the poller's timing.
+ */
 export interface Crowd {
   /** `clients` GETs of `url` at once, each over its own connection, read whole. */
   fetch(url: string, clients: number): Promise<Fetched[]>
@@ -49,8 +45,8 @@ export interface Crowd {
 
 type Call = { op: 'fetch'; url: string; clients: number }
 
-export async function spawnCrowd(nice = CROWD_NICE): Promise<Crowd> {
-  const child = await spawnRpc<Call>('crowd-main', [String(nice)])
+export async function spawnCrowd(): Promise<Crowd> {
+  const child = await spawnRpc<Call>('crowd-main')
   return {
     fetch: (url, clients) => child.call<Fetched[]>({ op: 'fetch', url, clients }),
     close: () => child.close(),
@@ -59,11 +55,8 @@ export async function spawnCrowd(nice = CROWD_NICE): Promise<Crowd> {
 
 /** The body of the child process started by {@link spawnCrowd}. */
 export function crowdFromChild(): void {
-  const nice = Number(process.argv[2] ?? CROWD_NICE)
-  // Raising one's own nice value needs no privilege.
-  if (nice > 0) setPriority(nice)
   answerParent<Call & { id: number }>(
-    nice,
+    true,
     ({ url, clients }) => Promise.all(Array.from({ length: clients }, () => fetchAll(url))),
     async () => undefined,
   )

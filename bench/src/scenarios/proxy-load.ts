@@ -6,7 +6,7 @@ import { connect, type Socket } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { narInfoText, randomHashPart } from '../narinfo-text.js'
 import { spawnFloorServer } from '../floor.js'
-import { CLIENT_TIMEOUT_MS, CROWD_NICE, fetchAll, spawnCrowd, type Crowd, type Fetched } from '../crowd.js'
+import { CLIENT_TIMEOUT_MS, fetchAll, spawnCrowd, type Crowd, type Fetched } from '../crowd.js'
 import { epochNow, spawnPoller, worstBetween, type PollResult } from '../poll.js'
 import { FIXTURE_CACHE, fixtureClosure, nixAvailable, nixSandbox, serveCacheDir } from '../nix.js'
 import type { Sample } from '../results.js'
@@ -106,10 +106,15 @@ interface Burst {
 async function burst(crowd: Crowd, url: string, pollUrl: string, clients: number): Promise<Burst> {
   const poller = await spawnPoller(pollUrl)
   const start = epochNow()
-  const answers = await crowd.fetch(url, clients)
-  const polled = await poller.stop()
+  let answers: Fetched[]
+  let polled: PollResult
+  try {
+    answers = await crowd.fetch(url, clients)
+  } finally {
+    polled = await poller.stop()
+  }
   // A client that failed got no head: the split is at the last head that came (those failures show in `ok`).
-  const heads = answers.map((answer) => answer.headAt).filter((at) => !Number.isNaN(at))
+  const heads = answers.map((answer) => answer.headAt).filter((at): at is number => Number.isFinite(at))
   const lastHead = heads.length > 0 ? Math.max(...heads) : Infinity
   return {
     answers,
@@ -119,7 +124,7 @@ async function burst(crowd: Crowd, url: string, pollUrl: string, clients: number
   }
 }
 
-/** One burst on a proxy and the same on node:http doing nothing, from one crowd (warmed by the first). */
+/** One burst on a proxy and the same on node:http doing nothing, from one warmed crowd. */
 interface OneNarRound {
   floor: Burst
   burst: Burst
@@ -253,12 +258,14 @@ export const proxyLoad: Scenario = {
       const one = await server.add(NAR_SIZE, 1)
       const oneHash = randomHashPart()
       await server.addNarInfo(oneHash, narInfoText(oneHash, one))
-      const oneNar = async (nice: number): Promise<OneNarRound> => {
-        const crowd = await spawnCrowd(nice)
+      const oneNar = async (): Promise<OneNarRound> => {
+        const crowd = await spawnCrowd()
         try {
           const floorServer = await spawnFloorServer(CLIENTS)
           let floor: Burst
           try {
+            // Untimed: the crowd's first burst warms its own code, so that it meets both servers warm.
+            await crowd.fetch(`${floorServer.url}/held`, CLIENTS)
             floor = await burst(crowd, `${floorServer.url}/held`, `${floorServer.url}/nix-cache-info`, CLIENTS)
           } finally {
             await floorServer.close()
@@ -280,7 +287,7 @@ export const proxyLoad: Scenario = {
         }
       }
       {
-        const { floor, burst: { polled, connectingMs, streamingMs }, ok, downloads, peak } = await oneNar(CROWD_NICE)
+        const { floor, burst: { polled, connectingMs, streamingMs }, ok, downloads, peak } = await oneNar()
         const worst = polled.worstMs
         const vsFloor = floor.connectingMs > 0 ? round(connectingMs / floor.connectingMs) : null
         rows.push({
@@ -312,25 +319,6 @@ export const proxyLoad: Scenario = {
         )
       }
       signal.throwIfAborted()
-      {
-        // The same on one small machine that runs the proxy and its clients at one priority.
-        const { floor, burst: { polled }, ok } = await oneNar(0)
-        rows.push({
-          case: `the same, the clients at the proxy's own priority`,
-          ok,
-          '/nix-cache-info asked': polled.count,
-          failed: polled.failed,
-          'p50 ms': round(polled.p50Ms),
-          'p99 ms': round(polled.p99Ms),
-          'worst ms': round(polled.worstMs),
-        })
-        rows.push(floorRow(`node:http doing nothing, the clients at its own priority (baseline)`, floor))
-        ratios.push({ id: 'proxy-load/one-nar-cache-info-ms-same-priority', label: 'the same, the clients at the proxy\'s own priority: slowest /nix-cache-info (ms)', value: round(polled.worstMs) })
-        ratios.push({ id: 'proxy-load/floor-cache-info-ms-same-priority', label: 'node:http doing nothing, the clients at its own priority: slowest /nix-cache-info (ms)', value: round(floor.polled.worstMs) })
-        log(`one NAR, the clients at the proxy's priority: ${ok}/${CLIENTS} ok, /nix-cache-info worst ${round(polled.worstMs)} ms (node:http doing nothing: ${round(floor.polled.worstMs)})`)
-      }
-      signal.throwIfAborted()
-
       // As many NARs as clients.
       const many: { hashPart: string; nar: ServedNar }[] = []
       for (let i = 0; i < CLIENTS; i++) {
@@ -433,9 +421,9 @@ export const proxyLoad: Scenario = {
       assumptions: [
         `The built proxy (examples/proxy/dist/main.js) in its own process, its one upstream the bench cache in another, all on 127.0.0.1; NARs of ${formatSize(NAR_SIZE)}, verified whole before they go out (8 MiB is the verify-first bound). Clients read everything they get.`,
         'Peak RSS is the kernel\'s high-water mark (VmHWM) of the proxy process; idle RSS is VmRSS 5 s after the last client.',
-        `The ${CLIENTS} clients of a burst run in a process of their own at the lowest CPU priority (nice ${CROWD_NICE}): they stand in for ${CLIENTS} machines, and on one small machine, at the proxy's priority, they take the cores the proxy needs (run from the bench's own process, in the first 150 ms of a burst the clients used 90-137 ms of CPU and their collector threads up to 90 ms more, on 2 cores; the proxy, 33-104 ms). One crowd process makes the burst on node:http doing nothing and then the proxy's, so that it meets the proxy warm. Two rows below repeat both with a crowd at the proxy's own priority, as on one small machine that runs the proxy and its clients.`,
-        '/nix-cache-info is asked every 20 ms, each time over a new connection, by a process of its own while the clients read: timed as another client (Nix) sees it, not through the bench\'s event loop, which is busy reading 500 bodies (timed from there, the same proxy answers within seconds).',
-        `Its answers are split by when they were asked, at the moment the bench saw the last of the ${CLIENTS} clients get its response head (the bench, busy reading bodies by then, sees it late). Before: the ${CLIENTS} connect (every connection is accepted and its request parsed on the proxy\'s one thread, first come first served, the poller\'s among them), the NAR is fetched and verified whole, and the heads and first bytes go out. After: the bodies go out. An answer asked before and given after counts before.`,
+        `The ${CLIENTS} clients of a burst run in a crowd process of their own, at the bench's priority, with node:http's client (one connection each, no agent). Run from the bench's own process, beside its results and its children's channels, they used 90-137 ms of CPU in the first 150 ms of a burst and their collector threads up to 90 ms more, on 2 cores (the proxy, 33-104 ms). The crowd first makes one untimed burst of its own on node:http doing nothing, so that it meets both timed servers warm.`,
+        '/nix-cache-info is asked every 20 ms, each time over a new connection, by a process of its own while the clients read: timed as another client (Nix) sees it, not through an event loop that is busy reading 500 bodies (timed from there, the same proxy answers within seconds).',
+        `Its answers are split by when they were asked, at the moment the crowd saw the last of the ${CLIENTS} clients get its response head (busy reading bodies by then, it sees it late). Before: the ${CLIENTS} connect (every connection is accepted and its request parsed on the proxy\'s one thread, first come first served, the poller\'s among them), the NAR is fetched and verified whole, and the heads and first bytes go out. After: the bodies go out. An answer asked before and given after counts before.`,
         `The baseline in the same run: the same ${CLIENTS} clients and poller against node:http with its defaults in a process of its own, warmed at start by 512 requests of its own as the proxy warms itself, which answers /nix-cache-info at once and holds every other request, doing nothing, until all ${CLIENTS} are in (then an empty 204 each). It shows what accepting that many connections at once costs on this machine before a server does anything with them.`,
         `Upstream downloads are counted by the proxy's narrace_backend_wins_total: one per race.`,
         `Slowloris connections send a request head one byte every 5 s; the proxy cuts heads after 10 s. Every client has a ${CLIENT_TIMEOUT_MS / 1000} s timeout.`,
