@@ -67,6 +67,8 @@ export interface PassthroughAnswer {
 }
 
 const NOT_FOUND = new Set([401, 403, 404, 410])
+/** An error page longer than this is not read to its end (undici's own default): the connection goes instead. */
+const DRAIN_LIMIT_BYTES = 128 * 1024
 const noop = (): void => {}
 
 function header(value: string | string[] | undefined): string | undefined {
@@ -110,7 +112,7 @@ export async function racePassthrough(target: string, options: PassthroughOption
     const length = Number(header(headers['content-length']) ?? NaN)
     if (statusCode !== 200 || length > maxBytes) {
       // An error page that trickles must not hold one of the upstream's pooled connections for long.
-      body.dump({ signal: AbortSignal.timeout(silentMs) }).catch(noop)
+      body.dump({ limit: DRAIN_LIMIT_BYTES, signal: AbortSignal.timeout(silentMs) }).catch(noop)
       if (NOT_FOUND.has(statusCode)) throw new NarNotFoundError(`${upstream.url}: HTTP ${statusCode} for ${url.href}`)
       const why = statusCode === 200 ? `${length} bytes, over the ${maxBytes}-byte cap` : `HTTP ${statusCode}`
       throw new NarBackendError(`${upstream.url}: ${why} for ${url.href}`, { backend: upstream.url, status: statusCode })
