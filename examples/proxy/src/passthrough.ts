@@ -87,9 +87,11 @@ export async function racePassthrough(target: string, options: PassthroughOption
   const maxBytes = options.maxBytes ?? DEFAULT_MAX_PASSTHROUGH_BYTES
   const stallMs = options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS
   const minRate = options.minBytesPerSecond ?? DEFAULT_MIN_BYTES_PER_SECOND
-  // The watch is off for a stall timeout of Infinity or 0; a silent body is then still cut after 30 s.
-  const watching = Number.isFinite(stallMs) && stallMs > 0
-  const silentMs = watching ? Math.min(stallMs, MAX_TIMER_MS) : DEFAULT_PASSTHROUGH_BODY_TIMEOUT_MS
+  // A stall timeout of Infinity or 0 turns both off: a silent body is then still cut after 30 s. One past
+  // setTimeout's longest delay turns the rate watch off, and the silence bound stops at that delay.
+  const bounded = Number.isFinite(stallMs) && stallMs > 0
+  const silentMs = bounded ? Math.min(stallMs, MAX_TIMER_MS) : DEFAULT_PASSTHROUGH_BODY_TIMEOUT_MS
+  const watchMs = bounded && stallMs <= MAX_TIMER_MS ? stallMs : Infinity
   const controllers = options.upstreams.map(() => new AbortController())
   const attempts = options.upstreams.map(async (upstream, i): Promise<PassthroughAnswer> => {
     const url = new URL(target, upstream.url)
@@ -122,7 +124,7 @@ export async function racePassthrough(target: string, options: PassthroughOption
       const value = header(headers[name])
       if (value !== undefined) out[name] = value
     }
-    const limits = { maxBytes, stallMs: watching ? stallMs : Infinity, minWindowBytes: (minRate * stallMs) / 1000, backend: upstream.url }
+    const limits = { maxBytes, stallMs: watchMs, minWindowBytes: (minRate * stallMs) / 1000, backend: upstream.url }
     return { upstream: upstream.url, headers: out, body: capped(body, url.href, limits), cancel: () => body.destroy() }
   })
 
@@ -141,11 +143,12 @@ export async function racePassthrough(target: string, options: PassthroughOption
   }
 }
 
-/** setTimeout's longest delay; a longer stall timeout turns the watch off (the body timeout still holds). */
+/** setTimeout's longest delay. */
 const MAX_TIMER_MS = 2 ** 31 - 1
 
 interface BodyLimits {
   maxBytes: number
+  /** Infinity: no rate watch. */
   stallMs: number
   minWindowBytes: number
   backend: string
@@ -190,7 +193,7 @@ function rateWatch(stallMs: number, minWindowBytes: number, stall: (why: string)
   let bytes = 0
   let since = 0
   let timer: NodeJS.Timeout | undefined
-  const on = Number.isFinite(stallMs) && stallMs > 0 && stallMs <= MAX_TIMER_MS
+  const on = stallMs !== Infinity
   // A full window: too little in it stalls, else the next one starts. False when it stalled.
   const roll = (): boolean => {
     if (bytes === 0 || bytes < minWindowBytes) {

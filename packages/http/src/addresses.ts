@@ -82,17 +82,17 @@ export interface GuardedConnectOptions {
   lookup?: LookupFunction | undefined
 }
 
+/** A host name as connects and URLs compare it: lower case, an IPv6 address without its brackets. */
+export function bareHost(hostname: string): string {
+  return hostname.replace(/^\[|\]$/g, '').toLowerCase()
+}
+
 /**
  * An undici `connect` that reaches a loopback or private address only on the cache's own host, or when
  * the cache itself is on such an address. It checks at connect time, on the address the socket is
  * about to use (an IP literal, or every address a name resolves to), so a name that resolves to a public
  * address when checked and to 127.0.0.1 when connected can't slip through.
  */
-/** A host name as connects and URLs compare it: lower case, an IPv6 address without its brackets. */
-export function bareHost(hostname: string): string {
-  return hostname.replace(/^\[|\]$/g, '').toLowerCase()
-}
-
 export function guardedConnect(options: GuardedConnectOptions): buildConnector.connector {
   const { cacheHost, name, timeout } = options
   const lookup = options.lookup ?? (dnsLookup as unknown as LookupFunction)
