@@ -102,17 +102,21 @@ export async function race(
       throw host.signal.reason
     }
     if (!(error instanceof AggregateError)) throw error
-    const errors = candidates.map((c) => failures.get(c) ?? new NarBackendError(`${c.name} failed`))
-    const mismatch = errors.find((e) => e instanceof NarHashMismatchError)
-    if (mismatch && errors.every((e) => e instanceof NarHashMismatchError || e instanceof NarNotFoundError)) {
-      throw mismatch
-    }
-    if (candidates.length === 0) throw new NarNotFoundError(`no backend left to fetch ${host.hash}`, { errors })
-    const reasons = candidates.map((c, i) => `${c.name}: ${describe(errors[i])}`).join('; ')
-    // "Not here" from every source is a miss; anything else may be an outage of a source that has it.
-    if (errors.every((e) => e instanceof NarNotFoundError)) {
-      throw new NarNotFoundError(`no backend has ${host.hash} (${reasons})`, { errors })
-    }
-    throw new NarUnavailableError(`no backend could deliver ${host.hash} from byte ${offset} (${reasons})`, { errors })
+    throw exhausted(host.hash, offset, candidates.map((c) => ({ name: c.name, error: failures.get(c) ?? new NarBackendError(`${c.name} failed`) })))
   }
+}
+
+/**
+ * What a download throws once every source in `failures` failed: the verification error if that is all
+ * there was, NarNotFoundError when every one said "not here", else NarUnavailableError with every error.
+ */
+export function exhausted(hash: NarHash, offset: number, failures: ReadonlyArray<{ name: string; error: unknown }>): Error {
+  const errors = failures.map((f) => f.error)
+  const mismatch = errors.find((e): e is NarHashMismatchError => e instanceof NarHashMismatchError)
+  if (mismatch && errors.every((e) => e instanceof NarHashMismatchError || e instanceof NarNotFoundError)) return mismatch
+  if (failures.length === 0) return new NarNotFoundError(`no backend left to fetch ${hash}`, { errors })
+  const reasons = failures.map((f) => `${f.name}: ${describe(f.error)}`).join('; ')
+  // "Not here" from every source is a miss; anything else may be an outage of a source that has it.
+  if (errors.every((e) => e instanceof NarNotFoundError)) return new NarNotFoundError(`no backend has ${hash} (${reasons})`, { errors })
+  return new NarUnavailableError(`no backend could deliver ${hash} from byte ${offset} (${reasons})`, { errors })
 }

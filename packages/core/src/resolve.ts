@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks'
-import { NarHashMismatchError, NarNotFoundError, NarraceError, NarSizeMismatchError } from './errors.js'
+import { NarHashMismatchError, NarNotFoundError, NarraceError, NarSizeMismatchError, NarUnavailableError } from './errors.js'
 import { NarHash, parseNarHash } from './hash.js'
-import { race, type Entry, type RaceHost } from './race.js'
+import { exhausted, race, type Entry, type RaceHost } from './race.js'
 import { LostRaceError, noop, SourceStream, wrap, type SourceContext } from './source.js'
 import { Stripe, StripeStuckError, type StripeHost } from './stripe.js'
 import type { NarEvent, NarStream, ResolveNarOptions } from './types.js'
@@ -202,16 +202,23 @@ class Download implements RaceHost, StripeHost, SourceContext {
     this.activeEntry = undefined
   }
 
-  /** Hands the stream to another source at `bytesRead`, or throws `cause` when none is left. */
+  /**
+   * Hands the stream to another source at `bytesRead`. When none is left, throws what a failed race
+   * throws, with `cause` first among the errors: an outage mid-stream is NarUnavailableError, as before
+   * the first byte.
+   */
   private async failover(cause: unknown, failed: Entry | undefined): Promise<void> {
     let candidates = this.live().filter((e) => e !== failed)
     if (candidates.length === 0 && failed && !failed.dead) candidates = [failed]
-    if (candidates.length === 0) throw cause
+    const first = { name: failed?.name ?? 'the stripe', error: cause }
+    if (candidates.length === 0) throw exhausted(this.hash, this.bytesRead, [first])
     try {
       this.activate(await race(this, candidates, this.bytesRead, false))
-    } catch {
+    } catch (error) {
       if (this.signal?.aborted) throw this.signal.reason
-      throw cause
+      const each = error instanceof NarNotFoundError || error instanceof NarUnavailableError ? error.errors : []
+      const rest = candidates.map((c, i) => ({ name: c.name, error: each[i] ?? error }))
+      throw exhausted(this.hash, this.bytesRead, [first, ...rest])
     }
     this.emit('failover', this.active!.name)
     this.startStripe()

@@ -408,9 +408,27 @@ describe('resolveNar: fail-over', () => {
     expect(calls).toBe(2)
   })
 
-  it('throws the cause when no source is left', async () => {
+  it('throws NarUnavailableError with the cause among its errors when no source is left', async () => {
     const stream = await resolveNar(hash, { backends: [scripted('stalls', data, { stallAt: 8192 })], stallTimeoutMs: 50 })
-    await expect(collect(stream)).rejects.toBeInstanceOf(NarStallError)
+    const error = await collect(stream).catch((e: unknown) => e)
+    expect(error).toMatchObject({ name: 'NarUnavailableError', code: 'NARRACE_UNAVAILABLE' })
+    // The cause, then the same source asked once more (it was struck, not dead), which stalled again.
+    const errors = (error as NarUnavailableError).errors
+    expect(errors.length).toBeGreaterThan(0)
+    expect(errors.every((e) => e instanceof NarStallError)).toBe(true)
+    expect((error as Error).message).toMatch(/from byte 8192 \(stalls: /)
+  })
+
+  it('names every source when the last one left fails mid-stream too', async () => {
+    const a = scripted('a', data, { failAt: 8192 })
+    const b = scripted('b', data, { failAt: 16384, latencyMs: 30 })
+    const stream = await resolveNar(hash, { backends: [a, b] })
+    const error = await collect(stream).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    const errors = (error as NarUnavailableError).errors
+    expect(errors.every((e) => e instanceof NarBackendError)).toBe(true)
+    // b failed last, after a's failure had handed it the stream; a, asked once more, failed again.
+    expect((error as Error).message).toMatch(/from byte 16384 \(b: .*; a: /)
   })
 })
 
@@ -795,11 +813,14 @@ describe('resolveNar: verification and fail-over, with hand-written doubles', ()
     const liar = chunked('liar', chunks, { fetchMs: 20, size: data.length + 1 })
     const stream = await resolveNar(hash, { backends: [dies, liar], size: data.length })
     const error = await collect(stream).catch((e: unknown) => e)
-    expect(error).toBeInstanceOf(NarBackendError)
-    expect((error as Error).message).toMatch(/connection reset/)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    const [first, second] = (error as NarUnavailableError).errors
+    expect(first).toBeInstanceOf(NarBackendError)
+    expect((first as Error).message).toMatch(/connection reset/)
+    expect(second).toBeInstanceOf(NarSizeMismatchError)
   })
 
-  it('wraps a plain mid-stream error in NarBackendError with the error as cause', async () => {
+  it('wraps a plain mid-stream error in NarBackendError with the error as cause, among the errors', async () => {
     const cause = new Error('socket hang up')
     const once: NarBackend = {
       name: 'once',
@@ -813,8 +834,8 @@ describe('resolveNar: verification and fail-over, with hand-written doubles', ()
     }
     const stream = await resolveNar(hash, { backends: [once] })
     const error = await collect(stream).catch((e: unknown) => e)
-    expect(error).toBeInstanceOf(NarBackendError)
-    expect(error).toMatchObject({ name: 'NarBackendError', code: 'NARRACE_BACKEND', cause })
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    expect((error as NarUnavailableError).errors[0]).toMatchObject({ name: 'NarBackendError', code: 'NARRACE_BACKEND', cause })
   })
 })
 
