@@ -3,7 +3,7 @@
  * debuginfo) through the proxy, and the nix-cache-info it makes of its upstreams'.
  */
 import { createServer, request, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { connect, type AddressInfo } from 'node:net'
 import { brotliCompressSync } from 'node:zlib'
 import { pino } from 'pino'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -162,6 +162,32 @@ describe('passthrough routes', () => {
     } finally {
       trickler.closeAllConnections()
       await new Promise((resolve) => trickler.close(resolve))
+    }
+  })
+
+  it('cuts a client that takes nothing for --client-timeout, and frees the upstream connection it held', async () => {
+    const open = new Set<ServerResponse>()
+    const upstream = createServer((_req, res) => {
+      open.add(res)
+      res.once('close', () => open.delete(res))
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(48 * 1024 * 1024) })
+      res.end(Buffer.alloc(48 * 1024 * 1024, 5))
+    })
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve))
+    const proxy = await proxyOver([`http://127.0.0.1:${(upstream.address() as AddressInfo).port}/`], { clientTimeoutMs: 500 })
+    const client = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+    try {
+      // It asks, then reads nothing: without a bound it would hold the upstream's connection for good.
+      client.pause()
+      client.write('GET /debuginfo/00dd HTTP/1.1\r\nHost: x\r\n\r\n')
+      await expect.poll(() => open.size).toBe(1)
+      await expect.poll(() => open.size, { timeout: 8000 }).toBe(0)
+      const metrics = (await get(`${proxy.url}/metrics`)).body.toString()
+      expect(metrics).toMatch(/narrace_passthrough_requests_total\{kind="debuginfo",outcome="aborted"\} 1/)
+    } finally {
+      client.destroy()
+      upstream.closeAllConnections()
+      await new Promise((resolve) => upstream.close(resolve))
     }
   })
 

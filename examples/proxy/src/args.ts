@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util'
 import { parseUpstreamHeader, upstreamsWith, type UpstreamHeader } from '@narrace/http'
 import { DEFAULT_MAX_PASSTHROUGH_BYTES } from './passthrough.js'
+import { DEFAULT_CLIENT_TIMEOUT_MS } from './send.js'
 
 /** NARs at or below this size are verified whole before the first byte goes out. */
 export const DEFAULT_VERIFY_FIRST_BELOW = 8 * 1024 * 1024
@@ -50,6 +51,8 @@ export interface ProxyArgs {
   maxConnections: number
   /** `--shutdown-grace SECONDS`, in ms */
   shutdownGraceMs: number
+  /** `--client-timeout SECONDS`, in ms */
+  clientTimeoutMs: number
   /** `--ipfs embedded`: run a Helia node inside the proxy. */
   ipfs: 'embedded' | undefined
   /** `--ipfs-listen MULTIADDR`: where the embedded node listens. */
@@ -116,6 +119,8 @@ Options:
   --max-connections N             downloads open at once to each upstream; the rest queue (default ${DEFAULT_MAX_CONNECTIONS})
   --shutdown-grace SECONDS        on SIGTERM, stop accepting and let downloads in flight finish this long,
                                   then abort the rest (default ${DEFAULT_SHUTDOWN_GRACE_MS / 1000})
+  --client-timeout SECONDS        cut a client that takes no byte of an answer this long, freeing its
+                                  connection and, for a pass-through file, the upstream's (default ${DEFAULT_CLIENT_TIMEOUT_MS / 1000})
   -h, --help                      show this text
 
 Output: JSON log lines (pino) on stdout. The first one has the bound address in "url" and reads
@@ -149,6 +154,13 @@ function seconds(value: string, flag: string): number {
     throw new ProxyUsageError(`${flag}: '${value}' is not a number of seconds from 0 to 86400`)
   }
   return Math.round(Number(value) * 1000)
+}
+
+/** Seconds as `seconds` reads them, but never 0: a client timeout of 0 would cut every answer at once. */
+function positiveSeconds(value: string, flag: string): number {
+  const ms = seconds(value, flag)
+  if (ms <= 0) throw new ProxyUsageError(`${flag}: '${value}' is not a number of seconds above 0, up to 86400`)
+  return ms
 }
 
 /** Reads `HOST:PORT`, `[v6]:PORT` or a bare `PORT` (on 127.0.0.1). */
@@ -218,6 +230,7 @@ export function parseProxyArgs(argv: readonly string[]): ProxyArgs {
     maxConnections:
       values['max-connections'] === undefined ? DEFAULT_MAX_CONNECTIONS : count(values['max-connections'], '--max-connections', 10_000),
     shutdownGraceMs: values['shutdown-grace'] === undefined ? DEFAULT_SHUTDOWN_GRACE_MS : seconds(values['shutdown-grace'], '--shutdown-grace'),
+    clientTimeoutMs: values['client-timeout'] === undefined ? DEFAULT_CLIENT_TIMEOUT_MS : positiveSeconds(values['client-timeout'], '--client-timeout'),
     ipfs: undefined,
     ipfsListen: values['ipfs-listen'] ?? [DEFAULT_IPFS_LISTEN_ARG],
     ipfsBootstrap: values['ipfs-bootstrap'] ?? [],
@@ -283,6 +296,7 @@ function parse(args: string[]) {
       'memory-budget': { type: 'string' },
       'max-connections': { type: 'string' },
       'shutdown-grace': { type: 'string' },
+      'client-timeout': { type: 'string' },
       ipfs: { type: 'string' },
       'ipfs-listen': { type: 'string', multiple: true },
       'ipfs-bootstrap': { type: 'string', multiple: true },

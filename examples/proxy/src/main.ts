@@ -191,6 +191,7 @@ async function main(): Promise<void> {
     maxPassthroughBytes: args.maxPassthroughBytes,
     memoryBudget: args.memoryBudget,
     maxConnections: args.maxConnections,
+    clientTimeoutMs: args.clientTimeoutMs,
     ...(proxyStore ? { store: proxyStore } : {}),
     ...(peerMappings ? { peerMappings } : {}),
     ...(lan ? { dynamicBackends: () => lan.backends() } : {}),

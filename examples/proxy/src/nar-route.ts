@@ -5,10 +5,10 @@ import {
   NarNotFoundError,
   parseNarHash,
   resolveNar,
-  TurnPacer,
   type NarBackend,
   type NarEvent,
   type NarHash,
+  type TurnPacer,
 } from '@narrace/core'
 import type { NarIndex, NarLocation } from '@narrace/index'
 import { compressionExtension, isStoreHashPart, parseStorePath } from '@narrace/narinfo'
@@ -18,7 +18,7 @@ import type { NarOutcome, ProxyMetrics } from './metrics.js'
 import type { PeerMappings } from './peer-mappings.js'
 import { codeOf, message, NAR_TYPE, sendText, type RequestSignal } from './respond.js'
 import type { Route } from './routes.js'
-import { DEFAULT_TURN_BYTES, sendBody, type SendProgress } from './send.js'
+import { ClientStallError, sendBody, type SendProgress } from './send.js'
 import { IdleTrim } from './trim.js'
 import type { ServedNarInfo } from './served-narinfo.js'
 import { MemoryBudget } from './spool.js'
@@ -67,6 +67,10 @@ export interface NarRouteContext {
   stallTimeoutMs: number | undefined
   minBytesPerSecond: number | undefined
   maxNarBytes: number | undefined
+  /** Shared by every response body, so that together they never hold a turn of the event loop for long. */
+  pacer: TurnPacer
+  /** A client that takes no byte for this long is cut. */
+  clientTimeoutMs: number
 }
 
 /**
@@ -81,8 +85,6 @@ export function createNarRoute(context: NarRouteContext): {
 } {
   const { index, metrics, logger } = context
   const budget = new MemoryBudget(context.memoryBudget)
-  // One pacer for every NAR response: together they never hold a turn of the event loop for long.
-  const pacer = new TurnPacer(DEFAULT_TURN_BYTES)
   metrics.memoryBudget(() => budget.used)
 
   /** The most bytes a file may have when its FileSize is unknown: from its narinfo's NarSize, if in memory. */
@@ -254,11 +256,11 @@ export function createNarRoute(context: NarRouteContext): {
       const headers: Record<string, string> = { 'content-type': NAR_TYPE }
       if (stream.size !== undefined) headers['content-length'] = String(stream.size)
       const body = download.spool!.read({ verifyFirst: download.verifyFirst, signal })
-      await sendBody(res, headers, body, pacer, signal, sent)
+      await sendBody(res, headers, body, context.pacer, signal, { progress: sent, clientTimeoutMs: context.clientTimeoutMs })
     } catch (error) {
       failure = error
-      // Checked before the cut below, which fires the signal too.
-      const classified = classifyNarFailure(error, signal.aborted)
+      // Checked before the cut below, which fires the signal too. A client cut for taking nothing went too.
+      const classified = classifyNarFailure(error, signal.aborted || error instanceof ClientStallError)
       outcome = classified.outcome
       // A failure after the status went out must reach Nix as a broken transfer: cut, never end cleanly.
       if (res.headersSent) res.destroy()

@@ -1,6 +1,5 @@
 import type { ServerResponse } from 'node:http'
-import { Readable } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
+import type { Readable } from 'node:stream'
 import {
   DEFAULT_MIN_BYTES_PER_SECOND,
   DEFAULT_STALL_TIMEOUT_MS,
@@ -8,10 +7,12 @@ import {
   NarNotFoundError,
   NarStallError,
   NarUnavailableError,
+  type TurnPacer,
 } from '@narrace/core'
 import type { Logger } from 'pino'
 import { Counter, type Registry } from 'prom-client'
 import { request, type Dispatcher } from 'undici'
+import { ClientStallError, sendBody } from './send.js'
 
 /** A passthrough file (build log, listing, realisation, debuginfo) larger than this is cut. @default 64 MiB */
 export const DEFAULT_MAX_PASSTHROUGH_BYTES = 64 * 1024 * 1024
@@ -234,6 +235,10 @@ function rateWatch(stallMs: number, minWindowBytes: number, stall: (why: string)
 export interface PassthroughContext extends Omit<PassthroughOptions, 'signal'> {
   logger: Logger
   counter: Counter<'kind' | 'outcome'>
+  /** The proxy's pacer of response bodies: a pass-through body takes its turns with the NARs. */
+  pacer: TurnPacer
+  /** A client that takes no byte for this long is cut, and the upstream request with it. */
+  clientTimeoutMs: number
 }
 
 /** `narrace_passthrough_requests_total{kind, outcome}`, in the proxy's registry. */
@@ -273,8 +278,8 @@ export async function servePassthrough(
     res.end(head ? undefined : text)
     return
   }
-  res.writeHead(200, answer.headers)
   if (head) {
+    res.writeHead(200, answer.headers)
     answer.cancel()
     res.end()
     return count('ok')
@@ -292,11 +297,11 @@ export async function servePassthrough(
     }
   })()
   try {
-    await pipeline(Readable.from(body, { objectMode: false }), res)
+    await sendBody(res, answer.headers, body, context.pacer, signal, { clientTimeoutMs: context.clientTimeoutMs })
     count('ok')
   } catch (error) {
     res.destroy()
-    if (!failure && signal.aborted) return count('aborted')
+    if (!failure && (signal.aborted || error instanceof ClientStallError)) return count('aborted')
     count('cut')
     logger.warn({ target: route.target, upstream: answer.upstream, err: failure?.error ?? error }, 'passthrough cut')
   }

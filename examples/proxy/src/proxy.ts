@@ -16,6 +16,7 @@ import { passthroughCounter, servePassthrough, upstreamDispatcher } from './pass
 import type { PeerMappings } from './peer-mappings.js'
 import { sendText, type RequestSignal } from './respond.js'
 import { routeRequest, type Route } from './routes.js'
+import { DEFAULT_CLIENT_TIMEOUT_MS, DEFAULT_TURN_BYTES } from './send.js'
 import { learnNarInfo, servedNarInfo } from './served-narinfo.js'
 import { spoolDirectory } from './spool.js'
 import type { ProxyStore } from './store-wiring.js'
@@ -84,6 +85,8 @@ export interface ProxyOptions {
   stallTimeoutMs?: number
   /** Passed to `resolveNar`: a source slower than this over `stallTimeoutMs` fails over (a passthrough body is cut). @default its own (1 KiB/s) */
   minBytesPerSecond?: number
+  /** `--client-timeout`: a client that takes no byte of an answer for this long is cut; Infinity turns it off. @default 60 s */
+  clientTimeoutMs?: number
   /** A file with no FileSize and no narinfo NarSize is cut here. @default core's DEFAULT_MAX_NAR_BYTES (64 GiB) */
   maxNarBytes?: number
   /** `--memory-budget`: verify-first buffering across all requests stays under this many bytes. @default 256 MiB */
@@ -160,6 +163,10 @@ export function createProxy(options: ProxyOptions): Proxy {
   // Each upstream is asked for a file under the name its own narinfo gave it.
   const upstreamBackends = [...upstreams].map(([url, backend]) => perUpstreamUrls(backend, url, names))
   const backends: NarBackend[] = [...upstreamBackends, ...(options.backends ?? [])]
+  // One pacer for every response body, NAR or pass-through: together they never hold a turn for long.
+  const bodies = new TurnPacer(DEFAULT_TURN_BYTES)
+  const clientTimeoutMs = options.clientTimeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS
+  if (!(clientTimeoutMs > 0)) throw new RangeError(`clientTimeoutMs must be above 0 (Infinity turns it off), not ${clientTimeoutMs}`)
   const passthrough = {
     upstreams: [...upstreams.values()].map((backend) => ({ url: backend.url, dispatcher: upstreamDispatcher(backend) })),
     maxBytes: options.maxPassthroughBytes,
@@ -167,6 +174,8 @@ export function createProxy(options: ProxyOptions): Proxy {
     minBytesPerSecond: options.minBytesPerSecond,
     logger,
     counter: passthroughCounter(metrics.registry),
+    pacer: bodies,
+    clientTimeoutMs,
   }
   const cacheInfo = upstreamCacheInfo({
     upstreams: upstreamUrls,
@@ -235,6 +244,8 @@ export function createProxy(options: ProxyOptions): Proxy {
     stallTimeoutMs: options.stallTimeoutMs,
     minBytesPerSecond: options.minBytesPerSecond,
     maxNarBytes: options.maxNarBytes,
+    pacer: bodies,
+    clientTimeoutMs,
   })
 
 

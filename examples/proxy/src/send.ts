@@ -11,6 +11,20 @@ export const DEFAULT_TURN_BYTES = 1024 * 1024
 /** Largest piece handed to one socket at once, so that one client's turn is short. @default 64 KiB */
 export const WRITE_SLICE_BYTES = 64 * 1024
 
+/**
+ * A client that does not take the slice in flight (at most `WRITE_SLICE_BYTES`, behind what the socket
+ * buffers) within this long is cut: it would otherwise hold its connection, its spool file and, on a
+ * pass-through, a connection to the upstream for as long as it likes. About 1 KiB/s, as asked of a source.
+ * @default 60000
+ */
+export const DEFAULT_CLIENT_TIMEOUT_MS = 60_000
+
+/** The client took no byte for the client timeout: the response is cut. */
+export class ClientStallError extends Error {
+  override readonly name = 'ClientStallError' as const
+  readonly code = 'NARRACE_CLIENT_STALL' as const
+}
+
 /** A body went on past its Content-Length: the response is cut, never ended as complete. */
 export class BodyOverrunError extends Error {
   override readonly name = 'BodyOverrunError' as const
@@ -30,11 +44,19 @@ export interface SendProgress {
 class DrainWaiter {
   private waiting: { resolve: () => void; reject: (error: unknown) => void } | undefined
   private failure: { error: unknown } | undefined
+  /** One timer for the whole response, re-armed by each wait: a timer per slice was an allocation per slice. */
+  private timer: NodeJS.Timeout | undefined
+  private timing = false
 
   private readonly onDrain = (): void => {
+    this.timing = false
     const waiting = this.waiting
     this.waiting = undefined
     waiting?.resolve()
+  }
+
+  private readonly onTimeout = (): void => {
+    if (this.timing) this.fail(new ClientStallError(`the client took no byte for ${this.timeoutMs} ms: cut`))
   }
 
   private readonly onError = (error: unknown): void => this.fail(error)
@@ -43,6 +65,7 @@ class DrainWaiter {
   constructor(
     private readonly res: ServerResponse,
     private readonly signal: AbortSignal,
+    private readonly timeoutMs: number,
   ) {
     res.on('drain', this.onDrain)
     res.on('error', this.onError)
@@ -54,25 +77,63 @@ class DrainWaiter {
     if (this.failure) throw this.failure.error
   }
 
-  /** Resolves at the next 'drain'; rejects with the response's error or the signal's reason. */
+  /** Resolves at the next 'drain'; rejects with the response's error, the signal's reason or ClientStallError. */
   wait(): Promise<void> {
     if (this.failure) return Promise.reject(this.failure.error)
     if (this.signal.aborted) return Promise.reject(this.signal.reason)
+    this.time()
     return new Promise((resolve, reject) => (this.waiting = { resolve, reject }))
   }
 
+  /** Resolves once the ended response is out; rejects as `wait` does. */
+  async finished(): Promise<void> {
+    if (this.res.writableFinished) return
+    this.throwIfFailed()
+    const cut = new AbortController()
+    this.time()
+    const waiting = new Promise<never>((_resolve, reject) => (this.waiting = { resolve: noop, reject }))
+    try {
+      await Promise.race([finished(this.res, { signal: cut.signal }), waiting])
+    } finally {
+      this.timing = false
+      this.waiting = undefined
+      cut.abort()
+    }
+  }
+
+  private time(): void {
+    if (this.timeoutMs === Infinity) return
+    this.timing = true
+    if (this.timer) this.timer.refresh()
+    else this.timer = setTimeout(this.onTimeout, this.timeoutMs).unref()
+  }
+
   dispose(): void {
+    clearTimeout(this.timer)
     this.res.off('drain', this.onDrain)
     this.res.off('error', this.onError)
     this.signal.removeEventListener('abort', this.onAbort)
   }
 
   private fail(error: unknown): void {
+    this.timing = false
     this.failure ??= { error }
     const waiting = this.waiting
     this.waiting = undefined
     waiting?.reject(error)
   }
+}
+
+const noop = (): void => {}
+/** setTimeout's longest delay. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+/** What else {@link sendBody} takes. */
+export interface SendOptions {
+  /** Kept up to date with the body's bytes written, also when it throws. */
+  progress?: SendProgress
+  /** Infinity turns it off. @default DEFAULT_CLIENT_TIMEOUT_MS */
+  clientTimeoutMs?: number
 }
 
 /**
@@ -82,8 +143,8 @@ class DrainWaiter {
  * own end nor a drain after the last slice: a client that has every byte closes at once, and a response
  * it closed before the proxy ended it counted as aborted. A client waits for its turn before it pulls the
  * next chunk, so that a waiting client holds no read buffer. Throws on abort, on the client's going away,
- * with the response's error, and with `body`'s own error (the caller then cuts the connection).
- * `progress` counts the body's bytes written.
+ * with the response's error, with ClientStallError when the client takes nothing for `clientTimeoutMs`,
+ * and with `body`'s own error (the caller then cuts the connection).
  */
 export async function sendBody(
   res: ServerResponse,
@@ -91,11 +152,14 @@ export async function sendBody(
   body: AsyncIterable<Uint8Array>,
   pacer: TurnPacer,
   signal: AbortSignal,
-  progress: SendProgress = { bytes: 0 },
+  options: SendOptions = {},
 ): Promise<void> {
+  const progress = options.progress ?? { bytes: 0 }
   const chunks = body[Symbol.asyncIterator]()
   const length = headers['content-length'] === undefined ? undefined : Number(headers['content-length'])
-  const drain = new DrainWaiter(res, signal)
+  // Past setTimeout's longest delay, a timer would fire at once: that long is as good as never.
+  const timeoutMs = options.clientTimeoutMs ?? DEFAULT_CLIENT_TIMEOUT_MS
+  const drain = new DrainWaiter(res, signal, timeoutMs > MAX_TIMER_MS ? Infinity : timeoutMs)
   let written = 0
   try {
     for (;;) {
@@ -129,11 +193,11 @@ export async function sendBody(
       written += chunk.byteLength
       if (length !== undefined && written >= length) break
     }
+    drain.throwIfFailed()
+    res.end()
+    await drain.finished()
   } finally {
     drain.dispose()
     await chunks.return?.()
   }
-  drain.throwIfFailed()
-  res.end()
-  await finished(res)
 }

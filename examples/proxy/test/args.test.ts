@@ -9,6 +9,7 @@ import {
   parseProxyArgs,
   ProxyUsageError,
 } from '../src/args.js'
+import { DEFAULT_CLIENT_TIMEOUT_MS } from '../src/send.js'
 
 const key = 'narrace-test-1:YZ/zkSVchtgpVRzyLLqyMFCKorcByGwjUXf5v27jw8s='
 
@@ -50,6 +51,7 @@ describe('parseProxyArgs', () => {
       memoryBudget: DEFAULT_MEMORY_BUDGET,
       maxConnections: DEFAULT_MAX_CONNECTIONS,
       shutdownGraceMs: DEFAULT_SHUTDOWN_GRACE_MS,
+      clientTimeoutMs: DEFAULT_CLIENT_TIMEOUT_MS,
       store: undefined,
       storeMaxBytes: DEFAULT_STORE_MAX_BYTES,
       donate: false,
@@ -90,6 +92,14 @@ describe('parseProxyArgs', () => {
     expect(() => parseProxyArgs([...up, '--max-connections', '0'])).toThrow(/--max-connections: must be at least 1/)
     expect(() => parseProxyArgs([...up, '--memory-budget', '1G'])).toThrow(/--memory-budget/)
     expect(() => parseProxyArgs([...up, '--shutdown-grace', '-1'])).toThrow(/--shutdown-grace/)
+  })
+
+  it('reads --client-timeout in seconds, 60 by default, never 0', () => {
+    const up = ['--upstream', 'http://127.0.0.1:1']
+    expect(parseProxyArgs(up).clientTimeoutMs).toBe(60_000)
+    expect(parseProxyArgs([...up, '--client-timeout', '1.5']).clientTimeoutMs).toBe(1500)
+    expect(() => parseProxyArgs([...up, '--client-timeout', '0'])).toThrow(/--client-timeout: '0' is not a number of seconds above 0/)
+    expect(() => parseProxyArgs([...up, '--client-timeout', 'soon'])).toThrow(/--client-timeout/)
   })
 
   it('has defaults, and takes the separator pnpm passes through', () => {

@@ -3,7 +3,7 @@ import { createServer, get, type IncomingMessage, type ServerResponse } from 'no
 import { connect, type AddressInfo } from 'node:net'
 import { TurnPacer } from '@narrace/core'
 import { describe, expect, it } from 'vitest'
-import { BodyOverrunError, sendBody, type SendProgress } from '../src/send.js'
+import { BodyOverrunError, ClientStallError, sendBody, type SendProgress } from '../src/send.js'
 
 /** An HTTP server on 127.0.0.1 that answers with `handler`; `close()` cuts its connections and stops it. */
 async function listen(handler: (res: ServerResponse) => void): Promise<{ port: number; close(): void }> {
@@ -111,7 +111,7 @@ describe('sendBody', () => {
       const body = async function* (): AsyncGenerator<Uint8Array> {
         yield bytes
       }
-      sent = sendBody(res, { 'content-length': String(bytes.length) }, body(), new TurnPacer(1024 * 1024), controller.signal, progress)
+      sent = sendBody(res, { 'content-length': String(bytes.length) }, body(), new TurnPacer(1024 * 1024), controller.signal, { progress })
       sent.catch(() => {})
     })
     // A client that asks and then never reads: the kernel's buffers fill and the sender must wait.
@@ -138,6 +138,60 @@ describe('sendBody', () => {
       server.close()
     }
   })
+
+  it('cuts a client that takes nothing for the client timeout, and not one that rests for less than it', async () => {
+    const bytes = Buffer.alloc(32 * 1024 * 1024, 9)
+    const sent: Promise<void>[] = []
+    let started = 0
+    const server = await listen((res) => {
+      started = performance.now()
+      const body = async function* (): AsyncGenerator<Uint8Array> {
+        yield bytes
+      }
+      const one = sendBody(res, { 'content-length': String(bytes.length) }, body(), new TurnPacer(1024 * 1024), new AbortController().signal, {
+        clientTimeoutMs: 1000,
+      })
+      one.catch(() => res.destroy())
+      sent.push(one)
+    })
+    const stalled = connect(server.port, '127.0.0.1')
+    try {
+      stalled.pause()
+      stalled.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+      await expect.poll(() => sent.length).toBe(1)
+      const error = await sent[0]!.catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(ClientStallError)
+      expect(error).toMatchObject({ name: 'ClientStallError', code: 'NARRACE_CLIENT_STALL' })
+      // One timeout after the kernel's buffers filled, not the 60 s default nor never.
+      expect(performance.now() - started).toBeLessThan(6000)
+    } finally {
+      stalled.destroy()
+    }
+    // A client that reads for 100 ms, then rests for 300 ms, over and over, gets the whole body.
+    const patient = connect(server.port, '127.0.0.1')
+    let timer: NodeJS.Timeout | undefined
+    try {
+      let received = 0
+      patient.on('data', (chunk: Buffer) => (received += chunk.length))
+      const cycle = (): void => {
+        patient.pause()
+        timer = setTimeout(() => {
+          patient.resume()
+          timer = setTimeout(cycle, 100)
+        }, 300)
+      }
+      patient.write('GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+      cycle()
+      await expect.poll(() => sent.length).toBe(2)
+      await sent[1]
+      await once(patient, 'end')
+      expect(received).toBeGreaterThan(bytes.length)
+    } finally {
+      clearTimeout(timer)
+      patient.destroy()
+      server.close()
+    }
+  }, 30_000)
 
   it('fails with an error the response had while nothing waited for a drain, instead of ending it as complete', async () => {
     let response!: ServerResponse
