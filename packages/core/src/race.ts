@@ -102,21 +102,44 @@ export async function race(
       throw host.signal.reason
     }
     if (!(error instanceof AggregateError)) throw error
-    throw exhausted(host.hash, offset, candidates.map((c) => ({ name: c.name, error: failures.get(c) ?? new NarBackendError(`${c.name} failed`) })))
+    const each = candidates.map((c) => ({ name: c.name, error: failures.get(c) ?? new NarBackendError(`${c.name} failed`) }))
+    const thrown = exhausted(host.hash, offset, each)
+    listed.set(thrown, each)
+    throw thrown
   }
+}
+
+/** One source's failure, by its name. */
+export interface Failure {
+  name: string
+  error: unknown
+}
+
+/** Each candidate's own failure, by what a failed race threw: a lone mismatch does not carry them. */
+const listed = new WeakMap<object, Failure[]>()
+
+/** The failure of each candidate of the race that threw `error`; undefined for any other error. */
+export function raceFailures(error: unknown): Failure[] | undefined {
+  return typeof error === 'object' && error !== null ? listed.get(error) : undefined
 }
 
 /**
  * What a download throws once every source in `failures` failed: the verification error if that is all
- * there was, NarNotFoundError when every one said "not here", else NarUnavailableError with every error.
+ * there was, NarNotFoundError when every one said "not here" before any byte came, else
+ * NarUnavailableError with every error.
  */
-export function exhausted(hash: NarHash, offset: number, failures: ReadonlyArray<{ name: string; error: unknown }>): Error {
+export function exhausted(hash: NarHash, offset: number, failures: readonly Failure[]): Error {
   const errors = failures.map((f) => f.error)
   const mismatch = errors.find((e): e is NarHashMismatchError => e instanceof NarHashMismatchError)
   if (mismatch && errors.every((e) => e instanceof NarHashMismatchError || e instanceof NarNotFoundError)) return mismatch
-  if (failures.length === 0) return new NarNotFoundError(`no backend left to fetch ${hash}`, { errors })
   const reasons = failures.map((f) => `${f.name}: ${describe(f.error)}`).join('; ')
-  // "Not here" from every source is a miss; anything else may be an outage of a source that has it.
-  if (errors.every((e) => e instanceof NarNotFoundError)) return new NarNotFoundError(`no backend has ${hash} (${reasons})`, { errors })
-  return new NarUnavailableError(`no backend could deliver ${hash} from byte ${offset} (${reasons})`, { errors })
+  // "Not here" from every source is a miss; anything else may be an outage of a source that has it, and
+  // so is "not here" once bytes of the file came.
+  if (offset === 0 && errors.every((e) => e instanceof NarNotFoundError)) {
+    return failures.length === 0
+      ? new NarNotFoundError(`no backend left to fetch ${hash}`, { errors })
+      : new NarNotFoundError(`no backend has ${hash} (${reasons})`, { errors })
+  }
+  const why = failures.length === 0 ? 'no backend left' : reasons
+  return new NarUnavailableError(`no backend could deliver ${hash} from byte ${offset} (${why})`, { errors })
 }

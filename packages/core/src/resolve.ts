@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks'
-import { NarHashMismatchError, NarNotFoundError, NarraceError, NarSizeMismatchError, NarUnavailableError } from './errors.js'
+import { isNarMismatch, NarHashMismatchError, NarNotFoundError, NarraceError, NarSizeMismatchError, NarUnavailableError } from './errors.js'
 import { NarHash, parseNarHash } from './hash.js'
-import { exhausted, race, type Entry, type RaceHost } from './race.js'
+import { exhausted, race, raceFailures, type Entry, type Failure, type RaceHost } from './race.js'
 import { LostRaceError, noop, SourceStream, wrap, type SourceContext } from './source.js'
 import { Stripe, StripeStuckError, type StripeHost } from './stripe.js'
 import type { NarEvent, NarStream, ResolveNarOptions } from './types.js'
@@ -207,18 +207,18 @@ class Download implements RaceHost, StripeHost, SourceContext {
    * throws, with `cause` first among the errors: an outage mid-stream is NarUnavailableError, as before
    * the first byte.
    */
-  private async failover(cause: unknown, failed: Entry | undefined): Promise<void> {
+  private async failover(cause: unknown, failed: Entry | undefined, earlier?: Failure[]): Promise<void> {
     let candidates = this.live().filter((e) => e !== failed)
     if (candidates.length === 0 && failed && !failed.dead) candidates = [failed]
-    const first = { name: failed?.name ?? 'the stripe', error: cause }
-    if (candidates.length === 0) throw exhausted(this.hash, this.bytesRead, [first])
+    // A cause that a race threw stands for its candidates' own failures, not for one more source.
+    const first = earlier?.length ? earlier : (raceFailures(cause) ?? [{ name: failed?.name ?? 'a striped source', error: cause }])
+    if (candidates.length === 0) throw exhausted(this.hash, this.bytesRead, first)
     try {
       this.activate(await race(this, candidates, this.bytesRead, false))
     } catch (error) {
       if (this.signal?.aborted) throw this.signal.reason
-      const each = error instanceof NarNotFoundError || error instanceof NarUnavailableError ? error.errors : []
-      const rest = candidates.map((c, i) => ({ name: c.name, error: each[i] ?? error }))
-      throw exhausted(this.hash, this.bytesRead, [first, ...rest])
+      const rest = raceFailures(error) ?? candidates.map((c) => ({ name: c.name, error }))
+      throw exhausted(this.hash, this.bytesRead, [...first, ...rest])
     }
     this.emit('failover', this.active!.name)
     this.startStripe()
@@ -246,7 +246,7 @@ class Download implements RaceHost, StripeHost, SourceContext {
           // Every ranged source failed: one source at a time, as before the stripe.
           this.stripe = undefined
           stripe.close()
-          await this.failover(error.reason ?? new NarraceError(`no source left for ${this.hash}`), undefined)
+          await this.failover(error.reason ?? new NarraceError(`no source left for ${this.hash}`), undefined, error.failures)
           continue
         }
         if (!next) return this.finish()
@@ -523,13 +523,19 @@ export async function resolveNar(hash: string | NarHash, options: ResolveNarOpti
         return new Stream(download, chunks)
       } catch (error) {
         if (options.signal?.aborted) throw options.signal.reason
-        if (!(error instanceof NarHashMismatchError)) throw error
+        // A copy that went wrong, even when the source after it failed too, starts over from byte 0.
+        const mismatch = isNarMismatch(error)
+          ? error
+          : error instanceof NarUnavailableError
+            ? error.errors.find(isNarMismatch)
+            : undefined
+        if (!mismatch) throw error
         if (download.recovered) {
           download.finished = true
           download.close()
           return new Stream(download, download.recovered)
         }
-        await download.restart(error)
+        await download.restart(mismatch)
       }
     }
   } catch (error) {

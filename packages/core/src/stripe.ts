@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks'
 import { NarBackendError, NarHashMismatchError, NarNotFoundError } from './errors.js'
-import type { Entry } from './race.js'
+import type { Entry, Failure } from './race.js'
 import { LostRaceError, noop, wrap, type SourceStream } from './source.js'
 import type { NarEventType } from './types.js'
 
@@ -89,7 +89,11 @@ interface Runner {
 
 /** Thrown by read() when no source can go on: the download falls back to one source at a time. */
 export class StripeStuckError extends Error {
-  constructor(readonly reason: unknown) {
+  constructor(
+    readonly reason: unknown,
+    /** The last failure of each source that failed in the stripe. */
+    readonly failures: Failure[],
+  ) {
     super('no source left to stripe over', { cause: reason })
   }
 }
@@ -109,6 +113,7 @@ export class Stripe {
   private failure: unknown
   /** The last error of a source, for when none is left. */
   private lastError: unknown
+  private readonly lastErrors = new Map<Entry, unknown>()
   private closed = false
   /** Wakes read() when the front segment gets bytes, and idle runners when anything changes. */
   private reader: (() => void) | undefined
@@ -197,7 +202,10 @@ export class Stripe {
         }
         return next
       }
-      if (this.runners.size === 0) throw new StripeStuckError(this.lastError)
+      if (this.runners.size === 0) {
+        const failures = [...this.lastErrors].map(([entry, error]) => ({ name: entry.name, error }))
+        throw new StripeStuckError(this.lastError, failures)
+      }
       await new Promise<void>((resolve) => (this.reader = resolve))
     }
   }
@@ -259,6 +267,7 @@ export class Stripe {
           continue
         }
         this.lastError = error
+        this.lastErrors.set(runner.entry, error)
         const failures = (this.failures.get(runner.entry) ?? 0) + 1
         this.failures.set(runner.entry, failures)
         if (error instanceof NarHashMismatchError || error instanceof NarNotFoundError) {

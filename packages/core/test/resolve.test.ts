@@ -419,6 +419,69 @@ describe('resolveNar: fail-over', () => {
     expect((error as Error).message).toMatch(/from byte 8192 \(stalls: /)
   })
 
+  it('names each source by its own error when the last race left returns a mismatch alone', async () => {
+    const a = scripted('a', data, { failAt: 8192 })
+    const liar = new NarSizeMismatchError('b announces one byte more', { expected: 1, actual: 2, hash: '', sources: ['b'] })
+    const b = scripted('b', data, { latencyMs: 40, fail: liar })
+    const c = scripted('c', data, { latencyMs: 40, missing: true })
+    const error = await collect(await resolveNar(hash, { backends: [a, b, c] })).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    const [first, second, third] = (error as NarUnavailableError).errors
+    expect(first).toBeInstanceOf(NarBackendError)
+    expect(second).toBe(liar)
+    expect(third).toBeInstanceOf(NarNotFoundError)
+    expect((error as Error).message).toMatch(/\(a: .*; b: .*; c: /)
+  })
+
+  it('never says "not found" once bytes of the file came, and lists a race\'s errors flat', async () => {
+    const big = sample(12 << 20)
+    const ranged = scripted('a', big.data, { ranged: true })
+    let calls = 0
+    // The first 1 MiB comes; the rest, asked for next, is a 404 (a CDN edge that lost it).
+    const a: NarBackend = {
+      name: 'a',
+      fetch: async (h, o) => {
+        if (++calls >= 2) throw new NarNotFoundError('a: HTTP 404 for the rest')
+        return ranged.fetch(h, o)
+      },
+    }
+    const b = scripted('b', big.data, { missing: true })
+    const stream = await resolveNar(big.hash, { backends: [a, b], size: big.data.length })
+    let bytes = 0
+    const error = await (async () => {
+      for await (const chunk of stream) bytes += chunk.length
+    })().catch((e: unknown) => e)
+    expect(bytes).toBeGreaterThan(0)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    const errors = (error as NarUnavailableError).errors
+    expect(errors.length).toBeGreaterThan(0)
+    expect(errors.every((e) => e instanceof NarNotFoundError)).toBe(true)
+    expect((error as Error).message).not.toMatch(/no backend could deliver .*no backend could deliver/)
+  })
+
+  it('names every striped source by its own last error when the stripe has none left', async () => {
+    const big = sample(12 << 20)
+    // Each source serves its first two requests, then fails every one after.
+    const failing = (name: string): NarBackend => {
+      const inner = scripted(name, big.data, { ranged: true })
+      let calls = 0
+      return {
+        name,
+        fetch: async (h, o) => {
+          if (++calls > 2) throw new NarBackendError(`${name}: HTTP 500 on request ${calls}`)
+          return inner.fetch(h, o)
+        },
+      }
+    }
+    const stream = await resolveNar(big.hash, { backends: [failing('a'), failing('b')], size: big.data.length })
+    const error = await collect(stream).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(NarUnavailableError)
+    // In the order they failed last, which the stripe's timing decides.
+    expect((error as NarUnavailableError).errors).toHaveLength(2)
+    expect((error as Error).message).toMatch(/\ba: a: HTTP 500 on request \d+\b/)
+    expect((error as Error).message).toMatch(/\bb: b: HTTP 500 on request \d+\b/)
+  })
+
   it('names every source when the last one left fails mid-stream too', async () => {
     const a = scripted('a', data, { failAt: 8192 })
     const b = scripted('b', data, { failAt: 16384, latencyMs: 30 })
@@ -454,6 +517,21 @@ describe('resolveNar: verify first', () => {
     const stream = await resolveNar(hash, { backends: [corrupt, good], verifyFirstBelow: 1024 * 1024 })
     expect(stream.winner).toBe('good')
     await collect(stream)
+  })
+
+  it('starts over from byte 0 after a short copy, also when the next source failed once on the way', async () => {
+    const short = scripted('short', data, { truncateAt: 50_000 })
+    const good = scripted('good', data, { latencyMs: 20 })
+    let calls = 0
+    const flaky: NarBackend = {
+      name: 'good',
+      fetch: async (h, o) => {
+        if (++calls === 2) throw new NarBackendError('good: HTTP 503, once')
+        return good.fetch(h, o)
+      },
+    }
+    const stream = await resolveNar(hash, { backends: [short, flaky], size: data.length, verifyFirstBelow: 1 << 20 })
+    expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
   })
 
   it('rejects with NarHashMismatchError when every source fails verification', async () => {
