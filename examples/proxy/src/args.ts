@@ -119,8 +119,9 @@ Options:
   --max-connections N             downloads open at once to each upstream; the rest queue (default ${DEFAULT_MAX_CONNECTIONS})
   --shutdown-grace SECONDS        on SIGTERM, stop accepting and let downloads in flight finish this long,
                                   then abort the rest (default ${DEFAULT_SHUTDOWN_GRACE_MS / 1000})
-  --client-timeout SECONDS        cut a client that takes no byte of an answer this long, freeing its
-                                  connection and, for a pass-through file, the upstream's (default ${DEFAULT_CLIENT_TIMEOUT_MS / 1000})
+  --client-timeout SECONDS        cut a client whose socket does not drain this long (it takes a few KB/s
+                                  or less), freeing its connection and, for a pass-through file, the
+                                  upstream's (default ${DEFAULT_CLIENT_TIMEOUT_MS / 1000}, Nix's stalled-download-timeout)
   -h, --help                      show this text
 
 Output: JSON log lines (pino) on stdout. The first one has the bound address in "url" and reads

@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http'
-import { once } from 'node:events'
-import { parseNarHash, type NarHash } from '@narrace/core'
+import { parseNarHash, TurnPacer, type NarHash } from '@narrace/core'
 import { formatLocation, type NarIndex } from '@narrace/index'
+import { DEFAULT_TURN_BYTES, sendBody, WRITE_SLICE_BYTES, type SendOptions } from './send.js'
 
 /** Where a proxy serves its mappings to peers. */
 export const MAPPINGS_PATH = '/narrace/v1/mappings'
@@ -58,22 +58,47 @@ export function serveMapping(index: NarIndex, fileHash: NarHash, res: ServerResp
   res.end(head ? undefined : body)
 }
 
+/** Up to `MAX_MAPPINGS_PER_ANSWER` lines of `lines`, joined into chunks of about one write slice. */
+async function* batched(lines: AsyncIterable<string>): AsyncGenerator<Uint8Array> {
+  let count = 0
+  let batch = ''
+  for await (const line of lines) {
+    if (count++ >= MAX_MAPPINGS_PER_ANSWER) break
+    batch += `${line}\n`
+    if (batch.length >= WRITE_SLICE_BYTES) {
+      yield Buffer.from(batch)
+      batch = ''
+    }
+  }
+  if (batch) yield Buffer.from(batch)
+}
+
 /**
  * Every mapping changed at or after `since`, oldest first, as NDJSON, at most `MAX_MAPPINGS_PER_ANSWER`
- * lines. Written at the client's pace: a client that does not read holds one socket buffer, not the index.
+ * lines. Written at the client's pace: a client that does not read holds one socket buffer, not the
+ * index, and one whose socket does not drain for the client timeout is cut, as is one that goes away:
+ * a cut answer never ends as if complete.
  */
-export async function serveMappingsSince(index: NarIndex, since: string, res: ServerResponse, head: boolean, signal: AbortSignal): Promise<void> {
-  res.writeHead(200, { 'content-type': NDJSON_TYPE })
+export async function serveMappingsSince(
+  index: NarIndex,
+  since: string,
+  res: ServerResponse,
+  head: boolean,
+  signal: AbortSignal,
+  send: { pacer?: TurnPacer } & Pick<SendOptions, 'clientTimeoutMs'> = {},
+): Promise<void> {
+  const headers = { 'content-type': NDJSON_TYPE }
   if (head) {
+    res.writeHead(200, headers)
     res.end()
     return
   }
   // Writes the index still queues would be missing from the export; a locked index makes the answer late, never stuck.
   await index.flush({ signal: AbortSignal.any([signal, AbortSignal.timeout(FLUSH_WAIT_MS)]) }).catch(() => {})
-  let lines = 0
-  for await (const line of index.exportSince(since)) {
-    if (signal.aborted || lines++ >= MAX_MAPPINGS_PER_ANSWER) break
-    if (!res.write(`${line}\n`)) await Promise.race([once(res, 'drain'), once(res, 'close')])
+  const pacer = send.pacer ?? new TurnPacer(DEFAULT_TURN_BYTES)
+  try {
+    await sendBody(res, headers, batched(index.exportSince(since)), pacer, signal, { clientTimeoutMs: send.clientTimeoutMs })
+  } catch {
+    res.destroy()
   }
-  res.end()
 }

@@ -176,7 +176,13 @@ export function createNarRoute(context: NarRouteContext): {
         if (served.fileHash && ext) return served.fileHash
         const backend = context.upstreams.get(served.upstream)
         if (!served.fileHash && ext && backend) {
-          await serveUnverifiedNar(served, res, head, signal, { backend, logger, requests: metrics.requests })
+          await serveUnverifiedNar(served, res, head, signal, {
+            backend,
+            logger,
+            requests: metrics.requests,
+            pacer: context.pacer,
+            clientTimeoutMs: context.clientTimeoutMs,
+          })
           return undefined
         }
       } catch (error) {

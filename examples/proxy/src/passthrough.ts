@@ -237,7 +237,7 @@ export interface PassthroughContext extends Omit<PassthroughOptions, 'signal'> {
   counter: Counter<'kind' | 'outcome'>
   /** The proxy's pacer of response bodies: a pass-through body takes its turns with the NARs. */
   pacer: TurnPacer
-  /** A client that takes no byte for this long is cut, and the upstream request with it. */
+  /** A client whose socket does not drain for this long is cut, and the upstream request with it. */
   clientTimeoutMs: number
 }
 
@@ -284,8 +284,8 @@ export async function servePassthrough(
     res.end()
     return count('ok')
   }
-  // The client's hang-up aborts `signal` too, by the time the pipeline fails: only the body's own
-  // failure (cap, stall, upstream gone) says the proxy cut it.
+  // The client's hang-up aborts `signal` too, by the time sending fails: only the body's own failure
+  // (cap, stall, upstream gone) says the proxy cut it.
   let failure: { error: unknown } | undefined
   const body = (async function* () {
     try {

@@ -85,7 +85,7 @@ export interface ProxyOptions {
   stallTimeoutMs?: number
   /** Passed to `resolveNar`: a source slower than this over `stallTimeoutMs` fails over (a passthrough body is cut). @default its own (1 KiB/s) */
   minBytesPerSecond?: number
-  /** `--client-timeout`: a client that takes no byte of an answer for this long is cut; Infinity turns it off. @default 60 s */
+  /** `--client-timeout`: a client whose socket does not drain for this long is cut; Infinity turns it off. @default 300 s */
   clientTimeoutMs?: number
   /** A file with no FileSize and no narinfo NarSize is cut here. @default core's DEFAULT_MAX_NAR_BYTES (64 GiB) */
   maxNarBytes?: number
@@ -312,7 +312,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       case 'mappings': {
         const { signal, done } = requestSignal(res)
         try {
-          await serveMappingsSince(index, route.since, res, head, signal)
+          await serveMappingsSince(index, route.since, res, head, signal, { pacer: bodies, clientTimeoutMs })
         } finally {
           done()
         }

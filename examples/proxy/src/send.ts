@@ -1,6 +1,6 @@
 import type { ServerResponse } from 'node:http'
 import { finished } from 'node:stream/promises'
-import type { TurnPacer } from '@narrace/core'
+import { NarraceError, type TurnPacer } from '@narrace/core'
 
 /**
  * Bytes that every NAR response together hands to its sockets in one turn of the event loop.
@@ -12,17 +12,18 @@ export const DEFAULT_TURN_BYTES = 1024 * 1024
 export const WRITE_SLICE_BYTES = 64 * 1024
 
 /**
- * A client that does not take the slice in flight (at most `WRITE_SLICE_BYTES`, behind what the socket
- * buffers) within this long is cut: it would otherwise hold its connection, its spool file and, on a
- * pass-through, a connection to the upstream for as long as it likes. About 1 KiB/s, as asked of a source.
- * @default 60000
+ * A client whose socket does not drain within this long is cut: it would otherwise hold its connection,
+ * its spool file and, on a pass-through, a connection to the upstream for as long as it likes. A drain
+ * is the finest progress a process sees: Linux wakes a writer only once about half of what it buffers
+ * for the socket (up to a few MiB) is sent, so a client must take some MiB in this time, a few KB/s.
+ * Nix's own `stalled-download-timeout`: a Nix client that reads that slowly is stuck. @default 300000
  */
-export const DEFAULT_CLIENT_TIMEOUT_MS = 60_000
+export const DEFAULT_CLIENT_TIMEOUT_MS = 300_000
 
-/** The client took no byte for the client timeout: the response is cut. */
-export class ClientStallError extends Error {
+/** The client's socket did not drain within the client timeout: the response is cut. */
+export class ClientStallError extends NarraceError {
   override readonly name = 'ClientStallError' as const
-  readonly code = 'NARRACE_CLIENT_STALL' as const
+  override readonly code = 'NARRACE_CLIENT_STALL' as const
 }
 
 /** A body went on past its Content-Length: the response is cut, never ended as complete. */
@@ -56,7 +57,7 @@ class DrainWaiter {
   }
 
   private readonly onTimeout = (): void => {
-    if (this.timing) this.fail(new ClientStallError(`the client took no byte for ${this.timeoutMs} ms: cut`))
+    if (this.timing) this.fail(new ClientStallError(`the client took too little for ${this.timeoutMs} ms (its socket did not drain): cut`))
   }
 
   private readonly onError = (error: unknown): void => this.fail(error)
@@ -143,7 +144,7 @@ export interface SendOptions {
  * own end nor a drain after the last slice: a client that has every byte closes at once, and a response
  * it closed before the proxy ended it counted as aborted. A client waits for its turn before it pulls the
  * next chunk, so that a waiting client holds no read buffer. Throws on abort, on the client's going away,
- * with the response's error, with ClientStallError when the client takes nothing for `clientTimeoutMs`,
+ * with the response's error, with ClientStallError when the socket does not drain within `clientTimeoutMs`,
  * and with `body`'s own error (the caller then cuts the connection).
  */
 export async function sendBody(

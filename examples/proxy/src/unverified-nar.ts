@@ -1,10 +1,9 @@
 import type { ServerResponse } from 'node:http'
 import { performance } from 'node:perf_hooks'
-import { Readable } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
-import { NarBackendError, NarNotFoundError, parseNarHash, type NarBackend } from '@narrace/core'
+import { NarBackendError, NarNotFoundError, parseNarHash, type NarBackend, type TurnPacer } from '@narrace/core'
 import type { Logger } from 'pino'
 import type { Counter } from 'prom-client'
+import { ClientStallError, sendBody } from './send.js'
 import type { ServedNarInfo } from './served-narinfo.js'
 
 /**
@@ -27,6 +26,10 @@ export interface UnverifiedContext {
   logger: Logger
   /** `narrace_nar_requests_total`: counted with `outcome="unverified"`. */
   requests: Counter<'outcome'>
+  /** The proxy's pacer of response bodies. */
+  pacer: TurnPacer
+  /** A client whose socket does not drain for this long is cut, and the upstream request with it. */
+  clientTimeoutMs: number
 }
 
 /** The body, failing once it passes `bound` bytes, so that the client sees a cut transfer. */
@@ -51,7 +54,7 @@ export async function serveUnverifiedNar(
   signal: AbortSignal,
   context: UnverifiedContext,
 ): Promise<void> {
-  const { backend, logger, requests } = context
+  const { backend, logger, requests, pacer, clientTimeoutMs } = context
   const started = performance.now()
   const bound = unverifiedBound(served)
   const line = { storePath: served.narInfo.storePath, upstream: served.upstream, url: served.narInfo.url }
@@ -67,22 +70,22 @@ export async function serveUnverifiedNar(
     })
     const headers: Record<string, string> = { 'content-type': 'application/x-nix-nar' }
     if (source.size !== undefined && source.size <= bound) headers['content-length'] = String(source.size)
-    res.writeHead(200, headers)
     if (head) {
+      res.writeHead(200, headers)
       await source.body[Symbol.asyncIterator]().return?.()
       res.end()
     } else {
-      const counted = async function* (): AsyncGenerator<Uint8Array> {
-        for await (const chunk of bounded(source.body, bound, backend.name)) {
-          bytes += chunk.length
-          yield chunk
-        }
+      const progress = { bytes: 0 }
+      try {
+        await sendBody(res, headers, bounded(source.body, bound, backend.name), pacer, signal, { progress, clientTimeoutMs })
+      } finally {
+        bytes = progress.bytes
       }
-      await pipeline(Readable.from(counted(), { objectMode: false }), res)
     }
   } catch (error) {
     failure = error
-    outcome = signal.aborted ? 'aborted' : error instanceof NarNotFoundError ? 'not_found' : 'failed'
+    const gone = signal.aborted || error instanceof ClientStallError
+    outcome = gone ? 'aborted' : error instanceof NarNotFoundError ? 'not_found' : 'failed'
     if (res.headersSent) res.destroy()
     else if (!signal.aborted) {
       const text = `${error instanceof Error ? error.message : String(error)}\n`

@@ -94,9 +94,9 @@ describe('parseProxyArgs', () => {
     expect(() => parseProxyArgs([...up, '--shutdown-grace', '-1'])).toThrow(/--shutdown-grace/)
   })
 
-  it('reads --client-timeout in seconds, 60 by default, never 0', () => {
+  it('reads --client-timeout in seconds, 300 by default, never 0', () => {
     const up = ['--upstream', 'http://127.0.0.1:1']
-    expect(parseProxyArgs(up).clientTimeoutMs).toBe(60_000)
+    expect(parseProxyArgs(up).clientTimeoutMs).toBe(300_000)
     expect(parseProxyArgs([...up, '--client-timeout', '1.5']).clientTimeoutMs).toBe(1500)
     expect(() => parseProxyArgs([...up, '--client-timeout', '0'])).toThrow(/--client-timeout: '0' is not a number of seconds above 0/)
     expect(() => parseProxyArgs([...up, '--client-timeout', 'soon'])).toThrow(/--client-timeout/)

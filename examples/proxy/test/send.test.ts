@@ -1,7 +1,7 @@
 import { getEventListeners, once } from 'node:events'
 import { createServer, get, type IncomingMessage, type ServerResponse } from 'node:http'
 import { connect, type AddressInfo } from 'node:net'
-import { TurnPacer } from '@narrace/core'
+import { NarraceError, TurnPacer } from '@narrace/core'
 import { describe, expect, it } from 'vitest'
 import { BodyOverrunError, ClientStallError, sendBody, type SendProgress } from '../src/send.js'
 
@@ -161,6 +161,7 @@ describe('sendBody', () => {
       await expect.poll(() => sent.length).toBe(1)
       const error = await sent[0]!.catch((e: unknown) => e)
       expect(error).toBeInstanceOf(ClientStallError)
+      expect(error).toBeInstanceOf(NarraceError)
       expect(error).toMatchObject({ name: 'ClientStallError', code: 'NARRACE_CLIENT_STALL' })
       // One timeout after the kernel's buffers filled, not the 60 s default nor never.
       expect(performance.now() - started).toBeLessThan(6000)
