@@ -27,6 +27,8 @@ import { perUpstreamUrls, type UpstreamNames } from './upstream-backends.js'
 export const DEFAULT_NARINFO_TIMEOUT_MS = 10_000
 /** Largest request head accepted; larger ones get a 400 before routing. */
 export const MAX_HEADER_BYTES = 16 * 1024
+/** A connection whose request head is not all in within this long (or that sends nothing) is closed. */
+export const HEADERS_TIMEOUT_MS = 10_000
 /**
  * Requests that do work (narinfo, NAR, mappings) started in one turn of the event loop; the rest wait
  * for the next turns. Hundreds of clients that connect at once are parsed in one batch, and starting all
@@ -249,7 +251,9 @@ export function createProxy(options: ProxyOptions): Proxy {
   })
 
 
-  const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: 10_000 }, (req, res) => {
+  // Node looks for connections past their head timeout only every connectionsCheckingInterval (30 s by
+  // default): a slowloris head would live up to 40 s, not 10. Once a second the bound is what it says.
+  const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: 1000 }, (req, res) => {
     narRoute.trim.touch()
     handle(req, res).catch((error: unknown) => {
       logger.error({ err: error, url: req.url }, 'request failed')

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -9,7 +10,7 @@ import { pino, type Logger } from 'pino'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { fixtures } from '../../../test/fixtures/index.js'
 import { refusedUrl, startCacheServer, type CacheServer } from '../../../test/support/cache-server.js'
-import { createProxy, type Proxy, type ProxyOptions } from '../src/proxy.js'
+import { createProxy, HEADERS_TIMEOUT_MS, type Proxy, type ProxyOptions } from '../src/proxy.js'
 import { sample } from './support/metrics.js'
 import { get, raw } from './support/client.js'
 
@@ -83,6 +84,25 @@ describe('the substituter proxy', () => {
     expect((await get(`${proxy.url}/nix-cache-info`)).body.toString()).toContain('Priority: 12')
     expect(upstream.requests).toHaveLength(0)
   })
+
+  it('closes a connection that sends nothing, or half a head, once HEADERS_TIMEOUT_MS is over, not up to 30 s later', async () => {
+    const proxy = await start()
+    const { port } = new URL(proxy.url)
+    const closedAfter = (first: string): Promise<number> =>
+      new Promise((resolve) => {
+        const t0 = performance.now()
+        const socket = connect(Number(port), '127.0.0.1', () => socket.write(first))
+        socket.on('error', () => {})
+        socket.resume()
+        socket.once('close', () => resolve(performance.now() - t0))
+      })
+    const [silent, half] = await Promise.all([closedAfter(''), closedAfter('GET /nix-cache-info HTTP/1.1\r\nHo')])
+    for (const ms of [silent, half]) {
+      expect(ms).toBeGreaterThan(HEADERS_TIMEOUT_MS - 500)
+      // Node checks once a second: the timeout and one check, with room for a busy machine.
+      expect(ms).toBeLessThan(HEADERS_TIMEOUT_MS + 5000)
+    }
+  }, 30_000)
 
   it('serves the narinfo text unchanged, for GET and HEAD, checked against the trusted key', async () => {
     const proxy = await start({ trustedPublicKeys: [fixtures.publicKey] })
