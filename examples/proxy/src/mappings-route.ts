@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import { parseNarHash, TurnPacer, type NarHash } from '@narrace/core'
 import { formatLocation, type NarIndex } from '@narrace/index'
-import { DEFAULT_TURN_BYTES, sendBody, WRITE_SLICE_BYTES, type SendOptions } from './send.js'
+import { ClientStallError, DEFAULT_TURN_BYTES, sendBody, WRITE_SLICE_BYTES, type SendOptions } from './send.js'
 
 /** Where a proxy serves its mappings to peers. */
 export const MAPPINGS_PATH = '/narrace/v1/mappings'
@@ -58,17 +58,20 @@ export function serveMapping(index: NarIndex, fileHash: NarHash, res: ServerResp
   res.end(head ? undefined : body)
 }
 
-/** Up to `MAX_MAPPINGS_PER_ANSWER` lines of `lines`, joined into chunks of about one write slice. */
+/**
+ * Up to `MAX_MAPPINGS_PER_ANSWER` lines of `lines`, joined into chunks of whole lines that each fit one
+ * write slice (a longer line is a chunk of its own): a cut answer ends at a line's end more often.
+ */
 async function* batched(lines: AsyncIterable<string>): AsyncGenerator<Uint8Array> {
   let count = 0
   let batch = ''
   for await (const line of lines) {
     if (count++ >= MAX_MAPPINGS_PER_ANSWER) break
-    batch += `${line}\n`
-    if (batch.length >= WRITE_SLICE_BYTES) {
+    if (batch && Buffer.byteLength(batch) + Buffer.byteLength(line) + 1 > WRITE_SLICE_BYTES) {
       yield Buffer.from(batch)
       batch = ''
     }
+    batch += `${line}\n`
   }
   if (batch) yield Buffer.from(batch)
 }
@@ -98,7 +101,10 @@ export async function serveMappingsSince(
   const pacer = send.pacer ?? new TurnPacer(DEFAULT_TURN_BYTES)
   try {
     await sendBody(res, headers, batched(index.exportSince(since)), pacer, signal, { clientTimeoutMs: send.clientTimeoutMs })
-  } catch {
+  } catch (error) {
     res.destroy()
+    // A client that went away or stopped reading is no fault of the index; anything else is logged above.
+    if (signal.aborted || error instanceof ClientStallError) return
+    throw error
   }
 }

@@ -115,7 +115,7 @@ export interface Failure {
   error: unknown
 }
 
-/** Each candidate's own failure, by what a failed race threw: a lone mismatch does not carry them. */
+/** Each candidate's own failure, by what a failed race threw (a lone mismatch too, which has no list of its own). */
 const listed = new WeakMap<object, Failure[]>()
 
 /** The failure of each candidate of the race that threw `error`; undefined for any other error. */

@@ -218,7 +218,9 @@ class Download implements RaceHost, StripeHost, SourceContext {
     } catch (error) {
       if (this.signal?.aborted) throw this.signal.reason
       const rest = raceFailures(error) ?? candidates.map((c) => ({ name: c.name, error }))
-      throw exhausted(this.hash, this.bytesRead, [...first, ...rest])
+      // A lone source asked once more is named twice: the second time as asked again.
+      const again = rest.map((f) => (first.some((g) => g.name === f.name) ? { ...f, name: `${f.name} (asked again)` } : f))
+      throw exhausted(this.hash, this.bytesRead, [...first, ...again])
     }
     this.emit('failover', this.active!.name)
     this.startStripe()
@@ -380,7 +382,7 @@ class Download implements RaceHost, StripeHost, SourceContext {
   }
 
   /** Starts over from byte 0 after a failed verification, without the sources that delivered the bad copy. */
-  async restart(cause: unknown): Promise<void> {
+  async restart(cause: unknown, thrown: unknown = cause): Promise<void> {
     const failed = this.activeEntry
     const blamed =
       cause instanceof NarHashMismatchError && cause.sources.length > 0 && this.verifier.tracking
@@ -402,7 +404,8 @@ class Download implements RaceHost, StripeHost, SourceContext {
       this.activate(await race(this, this.live(), 0, false))
     } catch (error) {
       if (this.signal?.aborted) throw this.signal.reason
-      if (error instanceof NarNotFoundError && cause instanceof NarraceError) throw cause
+      // No source left, or none with a copy: the error that ended the copy stands, outage and all.
+      if (error instanceof NarNotFoundError && cause instanceof NarraceError) throw thrown
       throw error
     }
     this.winner = this.active!.name
@@ -535,7 +538,7 @@ export async function resolveNar(hash: string | NarHash, options: ResolveNarOpti
           download.close()
           return new Stream(download, download.recovered)
         }
-        await download.restart(mismatch)
+        await download.restart(mismatch, error)
       }
     }
   } catch (error) {

@@ -255,6 +255,8 @@ export class Stripe {
       try {
         await this.fetch(runner, segment)
         this.failures.set(runner.entry, 0)
+        // A source that recovered is not to blame for what it failed before.
+        this.lastErrors.delete(runner.entry)
       } catch (error) {
         this.release(runner)
         runner.source?.close(error)

@@ -534,6 +534,29 @@ describe('resolveNar: verify first', () => {
     expect(Buffer.from(await collect(stream)).equals(data)).toBe(true)
   })
 
+  it('keeps the outage when a short copy leaves no source to start over from, as when streaming', async () => {
+    for (const verifyFirstBelow of [0, 1 << 20]) {
+      const first = scripted('a', data, { failAt: 8192 })
+      let calls = 0
+      // a resets at 8 KiB and answers 503 from then on; b, taking over, ends short.
+      const a: NarBackend = {
+        name: 'a',
+        fetch: async (h, o) => {
+          if (++calls > 1) throw new NarBackendError('a: HTTP 503')
+          return first.fetch(h, o)
+        },
+      }
+      const b = scripted('b', data, { latencyMs: 30, truncateAt: 50_000 })
+      const error = await resolveNar(hash, { backends: [a, b], size: data.length, verifyFirstBelow })
+        .then((stream) => collect(stream))
+        .catch((e: unknown) => e)
+      expect(error, `verifyFirstBelow ${verifyFirstBelow}`).toBeInstanceOf(NarUnavailableError)
+      const errors = (error as NarUnavailableError).errors
+      expect(errors.some((e) => e instanceof NarSizeMismatchError)).toBe(true)
+      expect(errors.some((e) => e instanceof NarBackendError)).toBe(true)
+    }
+  })
+
   it('rejects with NarHashMismatchError when every source fails verification', async () => {
     const backends = [scripted('a', data, { corruptAt: 1 }), scripted('b', data, { corruptAt: 2, latencyMs: 20 })]
     await expect(
