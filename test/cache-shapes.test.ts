@@ -1,6 +1,8 @@
 import { parseNarHash } from '@narrace/core'
 import { compressionExtension, parseNarInfo, rewriteNarInfo, verifyNarInfo } from '@narrace/narinfo'
 import { createHash } from 'node:crypto'
+import { createServer, type ServerResponse } from 'node:http'
+import { Socket, type AddressInfo } from 'node:net'
 import { pino } from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createProxy } from '../examples/proxy/src/index.js'
@@ -91,6 +93,56 @@ describe('the proxy over a compressed file without FileHash', () => {
     } finally {
       await Promise.all(proxies.map((p) => p.close()))
       await Promise.all([bare.close(), named.close()])
+    }
+  })
+})
+
+describe('a client that reads nothing of an unverified NAR', () => {
+  it('is cut after --client-timeout, and the upstream request with it', async () => {
+    const hashPart = 'a'.repeat(32)
+    const size = 64 * 1024 * 1024
+    // No FileHash: the file can't be verified, so it passes through, bounded by its NarSize.
+    const narinfo = [
+      `StorePath: /nix/store/${hashPart}-big`,
+      `URL: nar/${hashPart}.nar.xz`,
+      'Compression: xz',
+      `NarHash: sha256:${'0'.repeat(52)}`,
+      `NarSize: ${size}`,
+      'References: ',
+      '',
+    ].join('\n')
+    const open = new Set<ServerResponse>()
+    const upstream = createServer((req, res) => {
+      if (req.url === '/nix-cache-info') return res.end('StoreDir: /nix/store\n')
+      if (req.url === `/${hashPart}.narinfo`) return res.end(narinfo)
+      if (req.url !== `/nar/${hashPart}.nar.xz`) return res.writeHead(404).end()
+      open.add(res)
+      res.once('close', () => open.delete(res))
+      res.writeHead(200, { 'content-length': String(size) })
+      res.end(Buffer.alloc(size, 3))
+    })
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve))
+    const proxy = createProxy({
+      logger: pino({ level: 'silent' }),
+      upstreams: [`http://127.0.0.1:${(upstream.address() as AddressInfo).port}/`],
+      clientTimeoutMs: 500,
+    })
+    const client = new Socket()
+    try {
+      await proxy.listen()
+      expect((await get(`${proxy.url}/${hashPart}.narinfo`)).status).toBe(200)
+      client.connect(Number(new URL(proxy.url).port), '127.0.0.1')
+      client.pause()
+      client.write(`GET /nar/${hashPart}.nar.xz HTTP/1.1\r\nHost: x\r\n\r\n`)
+      await expect.poll(() => open.size).toBe(1)
+      await expect.poll(() => open.size, { timeout: 8000 }).toBe(0)
+      const metrics = (await get(`${proxy.url}/metrics`)).body.toString()
+      expect(metrics).toMatch(/narrace_nar_requests_total\{outcome="aborted"\} 1/)
+    } finally {
+      client.destroy()
+      await proxy.close()
+      upstream.closeAllConnections()
+      await new Promise((resolve) => upstream.close(resolve))
     }
   })
 })
