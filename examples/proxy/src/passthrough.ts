@@ -12,7 +12,7 @@ import {
 import type { Logger } from 'pino'
 import { Counter, type Registry } from 'prom-client'
 import { request, type Dispatcher } from 'undici'
-import { ClientStallError, sendBody } from './send.js'
+import { ClientStallError, MAX_TIMER_MS, sendBody } from './send.js'
 
 /** A passthrough file (build log, listing, realisation, debuginfo) larger than this is cut. @default 64 MiB */
 export const DEFAULT_MAX_PASSTHROUGH_BYTES = 64 * 1024 * 1024
@@ -143,9 +143,6 @@ export async function racePassthrough(target: string, options: PassthroughOption
     throw new NarUnavailableError(`no upstream could give ${target}: ${reasons}`, { errors })
   }
 }
-
-/** setTimeout's longest delay. */
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 interface BodyLimits {
   maxBytes: number

@@ -127,7 +127,7 @@ class DrainWaiter {
 
 const noop = (): void => {}
 /** setTimeout's longest delay. */
-const MAX_TIMER_MS = 2 ** 31 - 1
+export const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** What else {@link sendBody} takes. */
 export interface SendOptions {
