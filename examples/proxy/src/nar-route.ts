@@ -69,7 +69,7 @@ export interface NarRouteContext {
   maxNarBytes: number | undefined
   /** Shared by every response body, so that together they never hold a turn of the event loop for long. */
   pacer: TurnPacer
-  /** A client that takes no byte for this long is cut. */
+  /** A client whose socket does not drain for this long is cut. */
   clientTimeoutMs: number
 }
 
@@ -265,7 +265,7 @@ export function createNarRoute(context: NarRouteContext): {
       await sendBody(res, headers, body, context.pacer, signal, { progress: sent, clientTimeoutMs: context.clientTimeoutMs })
     } catch (error) {
       failure = error
-      // Checked before the cut below, which fires the signal too. A client cut for taking nothing went too.
+      // Checked before the cut below, which fires the signal too. A client cut for not draining went too.
       const classified = classifyNarFailure(error, signal.aborted || error instanceof ClientStallError)
       outcome = classified.outcome
       // A failure after the status went out must reach Nix as a broken transfer: cut, never end cleanly.
