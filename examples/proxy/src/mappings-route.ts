@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import { parseNarHash, TurnPacer, type NarHash } from '@narrace/core'
 import { formatLocation, type NarIndex } from '@narrace/index'
-import { ClientStallError, DEFAULT_TURN_BYTES, sendBody, WRITE_SLICE_BYTES, type SendOptions } from './send.js'
+import { clientGone, DEFAULT_TURN_BYTES, sendBody, WRITE_SLICE_BYTES, type SendOptions } from './send.js'
 
 /** Where a proxy serves its mappings to peers. */
 export const MAPPINGS_PATH = '/narrace/v1/mappings'
@@ -104,7 +104,7 @@ export async function serveMappingsSince(
   } catch (error) {
     res.destroy()
     // A client that went away or stopped reading is no fault of the index; anything else is logged above.
-    if (signal.aborted || error instanceof ClientStallError) return
+    if (clientGone(error, signal)) return
     throw error
   }
 }

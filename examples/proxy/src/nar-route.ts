@@ -18,7 +18,7 @@ import type { NarOutcome, ProxyMetrics } from './metrics.js'
 import type { PeerMappings } from './peer-mappings.js'
 import { codeOf, message, NAR_TYPE, sendText, type RequestSignal } from './respond.js'
 import type { Route } from './routes.js'
-import { ClientStallError, sendBody, type SendProgress } from './send.js'
+import { clientGone, sendBody, type SendProgress } from './send.js'
 import { IdleTrim } from './trim.js'
 import type { ServedNarInfo } from './served-narinfo.js'
 import { MemoryBudget } from './spool.js'
@@ -266,7 +266,7 @@ export function createNarRoute(context: NarRouteContext): {
     } catch (error) {
       failure = error
       // Checked before the cut below, which fires the signal too. A client cut for not draining went too.
-      const classified = classifyNarFailure(error, signal.aborted || error instanceof ClientStallError)
+      const classified = classifyNarFailure(error, clientGone(error, signal))
       outcome = classified.outcome
       // A failure after the status went out must reach Nix as a broken transfer: cut, never end cleanly.
       if (res.headersSent) res.destroy()

@@ -12,7 +12,7 @@ import {
 import type { Logger } from 'pino'
 import { Counter, type Registry } from 'prom-client'
 import { request, type Dispatcher } from 'undici'
-import { ClientStallError, MAX_TIMER_MS, sendBody } from './send.js'
+import { clientGone, MAX_TIMER_MS, sendBody } from './send.js'
 
 /** A passthrough file (build log, listing, realisation, debuginfo) larger than this is cut. @default 64 MiB */
 export const DEFAULT_MAX_PASSTHROUGH_BYTES = 64 * 1024 * 1024
@@ -298,7 +298,7 @@ export async function servePassthrough(
     count('ok')
   } catch (error) {
     res.destroy()
-    if (!failure && (signal.aborted || error instanceof ClientStallError)) return count('aborted')
+    if (!failure && clientGone(error, signal)) return count('aborted')
     count('cut')
     logger.warn({ target: route.target, upstream: answer.upstream, err: failure?.error ?? error }, 'passthrough cut')
   }

@@ -26,6 +26,11 @@ export class ClientStallError extends NarraceError {
   override readonly code = 'NARRACE_CLIENT_STALL' as const
 }
 
+/** Whether a failed send is the client's doing: it went away (`signal`), or its socket did not drain. */
+export function clientGone(error: unknown, signal: AbortSignal): boolean {
+  return signal.aborted || error instanceof ClientStallError
+}
+
 /** A body went on past its Content-Length: the response is cut, never ended as complete. */
 export class BodyOverrunError extends Error {
   override readonly name = 'BodyOverrunError' as const

@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks'
 import { NarBackendError, NarNotFoundError, parseNarHash, type NarBackend, type TurnPacer } from '@narrace/core'
 import type { Logger } from 'pino'
 import type { Counter } from 'prom-client'
-import { ClientStallError, sendBody } from './send.js'
+import { clientGone, sendBody } from './send.js'
 import type { ServedNarInfo } from './served-narinfo.js'
 
 /**
@@ -84,8 +84,7 @@ export async function serveUnverifiedNar(
     }
   } catch (error) {
     failure = error
-    const gone = signal.aborted || error instanceof ClientStallError
-    outcome = gone ? 'aborted' : error instanceof NarNotFoundError ? 'not_found' : 'failed'
+    outcome = clientGone(error, signal) ? 'aborted' : error instanceof NarNotFoundError ? 'not_found' : 'failed'
     if (res.headersSent) res.destroy()
     else if (!signal.aborted) {
       const text = `${error instanceof Error ? error.message : String(error)}\n`
